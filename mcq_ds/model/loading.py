@@ -1,0 +1,200 @@
+"""Weights in and out: the timm ViT initialisation, the original MCQ checkpoints, and mcq-ds model folders.
+
+Every load is strict: each key of a file is mapped or dropped on purpose, and anything unknown or missing is an
+error that names the keys (the original's `strict=False` silently gave half-random models, SPEC §8).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from transformers import PreTrainedTokenizerBase
+
+from ..config import MCQConfig, TextConfig, VideoConfig
+from .mcq import MCQ
+from .text_former import load_tokenizer
+from .video_former import VideoFormer
+from .weights_io import read_state_dict, save_safetensors_atomic
+
+# ---------------------------------------------------------------------------------------------------------------
+# The VideoFormer from a timm ViT weight file (SPEC §1.2)
+
+_TIMM_BLOCK_PARAMS = re.compile(r"blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)")
+_TIMM_DROPPED = ("norm.", "fc_norm.", "head.", "pre_logits.")  # the classifier side; MCQ keeps its own final norm
+
+
+def load_timm_vit(video: VideoFormer, path: str | Path) -> None:
+    """Copies a timm `vit_base_patch16_224`-layout state dict into the VideoFormer's ViT weights.
+
+    The final norm and classifier are not loaded, as in the original; the position table is resampled when the
+    file was trained at another resolution.
+    """
+    state = {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
+    keep, unknown = {}, []
+    for key, value in state.items():
+        if key in ("cls_token", "pos_embed") or key.startswith("patch_embed.proj.") or _TIMM_BLOCK_PARAMS.fullmatch(key):
+            keep[key] = value
+        elif not key.startswith(_TIMM_DROPPED):
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"{path}: keys that are not part of a plain ViT: {unknown[:10]}")
+    target = video.pos_embed.shape[1] - 1
+    if keep["pos_embed"].shape[1] - 1 != target:
+        side = int(target ** 0.5)
+        keep["pos_embed"] = resample_abs_pos_embed(keep["pos_embed"], (side, side), num_prefix_tokens=1)
+    expected = {k for k in video.state_dict() if not k.startswith(("norm.", "temporal_embed"))
+                and ".norm3." not in k and ".timeattn." not in k}
+    missing = sorted(expected - set(keep))
+    if missing:
+        raise ValueError(f"{path}: ViT weights missing: {missing[:10]}")
+    video.load_state_dict(keep, strict=False)  # the rest (final norm, temporal parts) keeps its fresh init on purpose
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The original MCQ checkpoints (SPEC §4.5)
+
+# (original name inside a block, mcq-ds name). Video-side names are identical; the bridge half of each original
+# `Video_Bridge_Block` lives in `bridge_model.blocks.i` here.
+_BRIDGE_NAMES = [
+    ("norm4", "norm_video"), ("norm5", "norm_question"), ("crossattn.q_question", "cross_attn.q"),
+    ("crossattn.kv_video", "cross_attn.kv"), ("crossattn.proj", "cross_attn.proj"), ("norm7", "norm1"),
+    ("bridgeattn", "attn"), ("norm6", "norm2"), ("bridge_mlp", "mlp"),
+]
+_TOP_NAMES = [  # (original prefix, mcq-ds prefix)
+    ("text_model.", "text_model.encoder."), ("video_model.norm1.", "video_model.norm."),
+    ("video_model.norm2.", "bridge_model.norm."), ("text_proj.", "text_proj."), ("vid_proj.0.", "video_proj."),
+    ("bridge_proj.0.", "bridge_proj."),
+]
+_BLOCK_KEY = re.compile(r"video_model\.blocks\.(\d+)\.(.+)")
+_BRIDGE_PREFIXES = ("bridge_model.", "bridge_proj.")
+
+
+def original_to_mcq(state: dict[str, torch.Tensor], bridge: bool = True) -> dict[str, torch.Tensor]:
+    """Renames an original MCQ (or Frozen) state dict to this model's keys. With `bridge=False` the BridgeFormer's
+    weights are dropped on purpose (the retrieval model); every other key must be known."""
+    out, unknown = {}, []
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key in ("text_model.embeddings.position_ids", "video_model.head.weight", "video_model.head.bias"):
+            continue  # a buffer and an unused classifier, not model weights
+        new = _rename_original(key)
+        if new is None:
+            unknown.append(key)
+        elif bridge or not new.startswith(_BRIDGE_PREFIXES):
+            out[new] = value
+    if unknown:
+        raise ValueError(f"keys that are not part of an MCQ checkpoint: {unknown[:10]}")
+    return out
+
+
+def _rename_original(key: str) -> str | None:
+    block = _BLOCK_KEY.fullmatch(key)
+    if block:
+        index, rest = block.groups()
+        for old, new in _BRIDGE_NAMES:
+            if rest.startswith(old + "."):
+                return f"bridge_model.blocks.{index}.{new}{rest[len(old):]}"
+        return key
+    for old, new in _TOP_NAMES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    if key in ("video_model.cls_token", "video_model.pos_embed", "video_model.temporal_embed", "video_model.norm.weight",
+               "video_model.norm.bias") or key.startswith("video_model.patch_embed."):
+        return key
+    return None
+
+
+def mcq_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse renaming, for users who take weights back to the original code (keys without `module.`)."""
+    out = {}
+    for key, value in state.items():
+        new = key
+        match = re.fullmatch(r"bridge_model\.blocks\.(\d+)\.(.+)", key)
+        if match:
+            index, rest = match.groups()
+            for old, ours in _BRIDGE_NAMES:
+                if rest.startswith(ours + "."):
+                    new = f"video_model.blocks.{index}.{old}{rest[len(ours):]}"
+                    break
+        else:
+            for old, ours in _TOP_NAMES:
+                if key.startswith(ours):
+                    new = old + key[len(ours):]
+                    break
+        out[new] = value
+    return out
+
+
+def config_from_original(state: dict[str, torch.Tensor], num_frames: int = 4, bridge: bool = True,
+                         tokenizer: str | None = None) -> MCQConfig:
+    """Every size of the model, read off the tensor shapes (heads assume the usual 64-wide head)."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    width = state["video_model.pos_embed"].shape[-1]
+    patch = state["video_model.patch_embed.proj.weight"].shape[-1]
+    grid = int(round((state["video_model.pos_embed"].shape[1] - 1) ** 0.5))
+    depth = 1 + max(int(m.group(1)) for k in state if (m := _BLOCK_KEY.fullmatch(k)))
+    words = state["text_model.embeddings.word_embeddings.weight"]
+    text_layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("text_model.transformer.layer."))
+    video = VideoConfig(
+        img_size=grid * patch, patch_size=patch, width=width, depth=depth, heads=width // 64,
+        mlp_ratio=state["video_model.blocks.0.mlp.fc1.weight"].shape[0] / width, num_frames=num_frames,
+        temporal_attention="video_model.blocks.0.norm3.weight" in state)
+    text = TextConfig(tokenizer=tokenizer, arch=dict(
+        dim=words.shape[1], n_layers=text_layers, n_heads=words.shape[1] // 64, vocab_size=words.shape[0],
+        hidden_dim=state["text_model.transformer.layer.0.ffn.lin1.weight"].shape[0],
+        max_position_embeddings=state["text_model.embeddings.position_embeddings.weight"].shape[0]))
+    has_bridge = "video_model.blocks.0.crossattn.q_question.weight" in state
+    if bridge and not has_bridge:
+        raise ValueError("this checkpoint has no BridgeFormer weights (an evaluation-only model); load it with "
+                         "bridge=False")
+    return MCQConfig(video=video, text=text, embed_dim=state["vid_proj.0.weight"].shape[0], bridge=bridge)
+
+
+def from_original(path: str | Path, num_frames: int = 4, bridge: bool = True, tokenizer: str | None = None) -> MCQ:
+    """Builds a model from a released MCQ checkpoint (`MCQ.pth`, `MCQ_1frame.pth`, ...) without the original code
+    and without executing anything pickled in it. `bridge=False` gives the retrieval model."""
+    state = read_state_dict(path)
+    cfg = config_from_original(state, num_frames=num_frames, bridge=bridge, tokenizer=tokenizer)
+    model = MCQ(cfg)
+    model.load_state_dict(original_to_mcq(state, bridge=bridge), strict=True)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mcq-ds model folders: model.safetensors + config.json + tokenizer/
+
+_DISTILBERT_FIELDS = ("vocab_size", "max_position_embeddings", "dim", "n_layers", "n_heads", "hidden_dim",
+                      "activation", "dropout", "attention_dropout", "pad_token_id")
+
+
+def save_pretrained(model: MCQ, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
+    """Writes a self-contained model folder: no other file is needed to load it back."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = MCQConfig.from_dict(model.cfg.to_dict())
+    encoder = model.text_model.encoder.config
+    cfg.text = TextConfig(arch={k: getattr(encoder, k) for k in _DISTILBERT_FIELDS}, tokenizer="tokenizer",
+                          max_length=cfg.text.max_length)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    save_safetensors_atomic(model.state_dict(), folder / "model.safetensors")
+    cfg.save(folder / "config.json")  # written last: a folder with config.json is complete
+    return folder
+
+
+def load_pretrained(folder: str | Path, bridge: bool | None = None) -> tuple[MCQ, PreTrainedTokenizerBase]:
+    """Loads a folder written by `save_pretrained`. `bridge=False` drops the BridgeFormer (the retrieval model)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json; not an mcq-ds model folder (or an unfinished export)")
+    cfg = MCQConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    state = read_state_dict(folder / "model.safetensors")
+    if bridge is False and cfg.bridge:
+        cfg.bridge = False
+        state = {k: v for k, v in state.items() if not k.startswith(_BRIDGE_PREFIXES)}
+    cfg.text.tokenizer = str(folder / cfg.text.tokenizer) if cfg.text.tokenizer else None
+    model = MCQ(cfg)
+    model.load_state_dict(state, strict=True)
+    return model, load_tokenizer(cfg.text)

@@ -1,0 +1,109 @@
+"""The MCQ model: VideoFormer, TextFormer, BridgeFormer and the projection heads (SPEC §1.1, §1.6).
+
+    caption  ─► TextFormer ─► [CLS] ─► ReLU ─► Linear ─► text
+    answer   ─► TextFormer ─► [CLS] ─► ReLU ─► Linear ─► answer      (shared encoder and head)
+    question ─► TextFormer ─► hidden states ─┐
+    video    ─► VideoFormer ─► [CLS] ─► Linear ─► video
+                    └─ block inputs ─► BridgeFormer ─► [CLS] ─► Linear ─► bridge
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import MCQConfig
+from .bridge_former import BridgeFormer
+from .text_former import TextFormer, build_text_encoder
+from .video_former import VideoFormer, init_linear_and_norm
+
+
+class Tokens(NamedTuple):
+    """A tokenised text batch: ids and attention mask, both (B, L)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+
+class Embeddings(NamedTuple):
+    """The four embeddings of a training step, each (B, embed_dim), not normalised; answer/bridge are None when no
+    question was given."""
+
+    text: torch.Tensor
+    video: torch.Tensor
+    answer: torch.Tensor | None
+    bridge: torch.Tensor | None
+
+
+class MCQ(nn.Module):
+    def __init__(self, cfg: MCQConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.text_model = TextFormer(build_text_encoder(cfg.text))
+        self.video_model = VideoFormer(cfg.video)
+        self.video_model.init_weights()
+        if cfg.bridge:
+            self.bridge_model = BridgeFormer(cfg.video, question_dim=self.text_model.width)
+            self.bridge_model.apply(init_linear_and_norm)
+        self.text_proj = nn.Sequential(nn.ReLU(), nn.Linear(self.text_model.width, cfg.embed_dim))
+        self.video_proj = nn.Linear(cfg.video.width, cfg.embed_dim)
+        if cfg.bridge:
+            self.bridge_proj = nn.Linear(cfg.video.width, cfg.embed_dim)
+        self.set_grad_checkpointing(cfg.grad_checkpointing)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Per-block activation checkpointing in all three formers (non-reentrant torch checkpointing)."""
+        self.cfg.grad_checkpointing = enabled
+        self.video_model.grad_checkpointing = enabled
+        if hasattr(self, "bridge_model"):
+            self.bridge_model.grad_checkpointing = enabled
+        encoder = self.text_model.encoder
+        if hasattr(encoder, "activation_checkpointing_enable"):  # transformers >= 5
+            if enabled:
+                encoder.activation_checkpointing_enable({"use_reentrant": False})
+            elif encoder.is_activation_checkpointing:
+                encoder.activation_checkpointing_disable()
+        elif enabled:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif encoder.is_gradient_checkpointing:
+            encoder.gradient_checkpointing_disable()
+
+    def encode_text(self, text: Tokens) -> torch.Tensor:
+        last, _ = self.text_model(text.ids, text.mask)
+        return self.text_proj(last[:, 0])
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """video: (B, F, 3, H, W), normalised; F may be fewer than the configured number of frames."""
+        cls, _ = self.video_model(video)
+        return self.video_proj(cls)
+
+    def forward(self, video: torch.Tensor, text: Tokens, question: Tokens | None = None,
+                answer: Tokens | None = None) -> Embeddings:
+        """All four embeddings of the MCQ pre-training step (text and video only when no question is given).
+
+        Caption, answer and question go through the TextFormer as one batch padded to a common length: padding is
+        masked, so every real token's states are those of separate passes, with one encoder call instead of three.
+        """
+        if question is None or answer is None:
+            if question is not None or answer is not None:
+                raise ValueError("question and answer go together")
+            return Embeddings(self.encode_text(text), self.encode_video(video), None, None)
+        if not hasattr(self, "bridge_model"):
+            raise ValueError("this model was built without its BridgeFormer (bridge=false); it cannot answer questions")
+        b, q_len = text.ids.shape[0], question.ids.shape[1]
+        ids, mask = _pad_cat([text, answer, question])
+        last, hidden = self.text_model(ids, mask, hidden_states=True)
+        text_emb, answer_emb = self.text_proj(last[: 2 * b, 0]).split(b)
+        question_states = tuple(h[2 * b:, :q_len] for h in hidden)
+        cls, block_inputs = self.video_model(video, keep_block_inputs=True)
+        bridge = self.bridge_model(block_inputs, question_states, question.mask, frames=video.shape[1])
+        return Embeddings(text_emb, self.video_proj(cls), answer_emb, self.bridge_proj(bridge))
+
+
+def _pad_cat(batches: list[Tokens]) -> Tokens:
+    length = max(t.ids.shape[1] for t in batches)
+    ids = torch.cat([F.pad(t.ids, (0, length - t.ids.shape[1])) for t in batches])
+    mask = torch.cat([F.pad(t.mask, (0, length - t.mask.shape[1])) for t in batches])
+    return Tokens(ids, mask)

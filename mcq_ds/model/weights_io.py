@@ -1,0 +1,68 @@
+"""Reading and writing weight files safely.
+
+Users hand us `.pth` files pickled by other code (the original MCQ checkpoints pickle a `parse_config.ConfigParser`
+object next to the weights). They are read with `torch.load(weights_only=True)`, which executes no code from the
+file; any class the file names that PyTorch does not allow is replaced by an inert placeholder that only records
+its arguments, so the tensors load and nothing foreign runs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class InertObject:
+    """Stands in for a class a checkpoint names but we will not import; it keeps what was pickled, runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _placeholder(qualified_name: str) -> type:
+    module, _, name = qualified_name.rpartition(".")
+    return type(name, (InertObject,), {"__module__": module, "__qualname__": name})
+
+
+def load_pickled(path: str | Path) -> Any:
+    """`torch.load` without executing code from the file, and without failing on unknown (non-tensor) classes."""
+    path = Path(path)
+    try:
+        foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+    stand_ins = [(_placeholder(name), name) for name in foreign]
+    with torch.serialization.safe_globals(stand_ins):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a `.safetensors` file, or the state dict inside a PyTorch checkpoint (`state_dict`/`model`/
+    `module` entry, or the file itself when it is a plain mapping of tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    obj = load_pickled(path)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: no state dict found (expected a mapping of tensors, or one under 'state_dict')")
+    return dict(obj)
+
+
+def save_safetensors_atomic(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Writes next to the target and renames, so a crash never leaves a half-written model file behind."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
+    os.replace(tmp, path)
