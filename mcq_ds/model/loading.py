@@ -129,8 +129,9 @@ def mcq_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def config_from_original(state: dict[str, torch.Tensor], num_frames: int = 4, bridge: bool = True,
-                         tokenizer: str | None = None) -> MCQConfig:
-    """Every size of the model, read off the tensor shapes (heads assume the usual 64-wide head)."""
+                         tokenizer: str | None = None, head_dim: int = 64) -> MCQConfig:
+    """Every size of the model, read off the tensor shapes; only the head count is not in them (width / head_dim,
+    12 for every released checkpoint)."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     width = state["video_model.pos_embed"].shape[-1]
     patch = state["video_model.patch_embed.proj.weight"].shape[-1]
@@ -139,11 +140,11 @@ def config_from_original(state: dict[str, torch.Tensor], num_frames: int = 4, br
     words = state["text_model.embeddings.word_embeddings.weight"]
     text_layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("text_model.transformer.layer."))
     video = VideoConfig(
-        img_size=grid * patch, patch_size=patch, width=width, depth=depth, heads=width // 64,
+        img_size=grid * patch, patch_size=patch, width=width, depth=depth, heads=width // head_dim,
         mlp_ratio=state["video_model.blocks.0.mlp.fc1.weight"].shape[0] / width, num_frames=num_frames,
         temporal_attention="video_model.blocks.0.norm3.weight" in state)
     text = TextConfig(tokenizer=tokenizer, arch=dict(
-        dim=words.shape[1], n_layers=text_layers, n_heads=words.shape[1] // 64, vocab_size=words.shape[0],
+        dim=words.shape[1], n_layers=text_layers, n_heads=words.shape[1] // head_dim, vocab_size=words.shape[0],
         hidden_dim=state["text_model.transformer.layer.0.ffn.lin1.weight"].shape[0],
         max_position_embeddings=state["text_model.embeddings.position_embeddings.weight"].shape[0]))
     has_bridge = "video_model.blocks.0.crossattn.q_question.weight" in state
@@ -153,11 +154,12 @@ def config_from_original(state: dict[str, torch.Tensor], num_frames: int = 4, br
     return MCQConfig(video=video, text=text, embed_dim=state["vid_proj.0.weight"].shape[0], bridge=bridge)
 
 
-def from_original(path: str | Path, num_frames: int = 4, bridge: bool = True, tokenizer: str | None = None) -> MCQ:
+def from_original(path: str | Path, num_frames: int = 4, bridge: bool = True, tokenizer: str | None = None,
+                  head_dim: int = 64) -> MCQ:
     """Builds a model from a released MCQ checkpoint (`MCQ.pth`, `MCQ_1frame.pth`, ...) without the original code
     and without executing anything pickled in it. `bridge=False` gives the retrieval model."""
     state = read_state_dict(path)
-    cfg = config_from_original(state, num_frames=num_frames, bridge=bridge, tokenizer=tokenizer)
+    cfg = config_from_original(state, num_frames=num_frames, bridge=bridge, tokenizer=tokenizer, head_dim=head_dim)
     model = MCQ(cfg)
     model.load_state_dict(original_to_mcq(state, bridge=bridge), strict=True)
     return model

@@ -8,6 +8,7 @@ its arguments, so the tensors load and nothing foreign runs.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,12 @@ def load_pickled(path: str | Path) -> Any:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
     stand_ins = [(_placeholder(name), name) for name in foreign]
     with torch.serialization.safe_globals(stand_ins):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:  # e.g. a call into os/subprocess, which PyTorch blocks outright
+            reason = str(err).split("Trying to load", 1)[-1].split("\n")[0].strip()
+            raise ValueError(f"{path}: refused to load, the file asks to run code ({reason}); it is not a plain "
+                             "checkpoint and will not be unpickled") from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
