@@ -46,7 +46,8 @@ def ask(tokenizer, mode, caption, nouns=(), verbs=(), question_type="noun", seed
 
 def test_word_piece_counts(tokenizer):
     count = WordPieceCounter(tokenizer)
-    assert [count(w) for w in ["man", "A", "skateboarding", "paragliding", "man's", "grass."]] == [1, 1, 2, 3, 3, 2]
+    words = ["man", "A", "skateboarding", "paragliding", "man's", "grass."]
+    assert [count(w) for w in words] == [1, 1, 2, 3, 3, 2]
 
 
 def test_punctuation_and_repeated_words(tokenizer):
@@ -75,7 +76,9 @@ def test_capitalised_first_word(tokenizer):
     assert ask(tokenizer, "parity", caption, nouns=["dogs"]).question == (
         "[MASK] run on the beach while two [MASK] play"
     )
-    assert ask(tokenizer, "span", caption, nouns=["dogs"]).question == "[MASK] run on the beach while two dogs play"
+    assert ask(tokenizer, "span", caption, nouns=["dogs"]).question == (
+        "[MASK] run on the beach while two dogs play"
+    )
 
 
 def test_parity_case_matching_is_only_as_is_or_capitalized(tokenizer):
@@ -110,15 +113,16 @@ def test_apostrophes(tokenizer):
     assert q.answer == "[MASK] [MASK] [MASK] dog's owner"
 
 
-def test_parity_keeps_original_spacing():
+def test_parity_keeps_original_spacing(tokenizer):
     # Split on single spaces: a double space survives as an empty word; the ends are stripped.
-    count_one = lambda word: 1  # noqa: E731
-    assert parity_question("A man  riding a horse ", "horse", count_one) == "A man  riding a [MASK]"
-    assert parity_question("a  a", "a", count_one) == "[MASK]  [MASK]"
+    count = WordPieceCounter(tokenizer)
+    assert parity_question("A man  riding a horse ", "horse", count) == "A man  riding a [MASK]"
+    assert parity_question("a  a", "a", count) == "[MASK]  [MASK]"
 
 
 def test_verb_question_falls_back_to_noun(tokenizer):
-    q = ask(tokenizer, "parity", "An old woman is on the green grass", nouns=["old woman"], question_type="verb")
+    caption = "An old woman is on the green grass"
+    q = ask(tokenizer, "parity", caption, nouns=["old woman"], question_type="verb")
     assert q.kind == "noun"
     assert q.question == "An [MASK] [MASK] is on the green grass"
 
