@@ -1,0 +1,147 @@
+"""Symmetric InfoNCE with negatives from the whole global batch (SPEC §2.6–2.7).
+
+For embeddings ``a`` (rows) and ``b`` (columns) of N pairs, S is their cosine-similarity matrix and
+
+    L = mean_i CE(S[i, :] / τ, i) + mean_j CE(S[:, j] / τ, j),
+
+the two directions summed as in the original ``NormSoftmaxLoss``. The MCQ objective is
+L(text, video) + L(answer, bridge).
+
+Across W data-parallel ranks each holding n samples, every rank gathers the other ranks' embeddings
+with a gather that keeps gradients, and scores only its own n rows and n columns against all
+N = W·n (open_clip's "local loss" style): an n×N block instead of the full N×N matrix on every rank.
+Its local loss is  mean over its rows of the row CE + mean over its columns of the column CE,  so
+
+* the mean of the local losses over ranks is exactly L on the concatenated batch (all-reduce the
+  returned values with AVG to log it), and
+* the sum of the local losses is W·L; the gather's backward sums every rank's gradient for each
+  embedding back to its owner, so after the usual data-parallel gradient *averaging* (DDP,
+  DeepSpeed) the parameter gradient is exactly ∇L.
+
+The original differs in scale: every rank computes the full N×N loss L, its gather's backward keeps
+only the local slice of the incoming gradient, and DDP averages, so its update uses (1/W)·∇L. Adam
+is nearly insensitive to a constant gradient scale (it only shifts the role of ε), so the optimiser
+settings carry over.
+
+Local batch sizes must be equal on every rank (use ``drop_last`` in the training loader): the rank
+offsets are rank·n, and checking sizes would cost an extra collective and a host sync every step.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_TEMPERATURE = 0.05
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward returns, to each rank, the sum over all ranks of the
+    gradient for its own rows. Written on all_gather + all_reduce because gloo (CPU tests) has no
+    reduce_scatter, which ``torch.distributed.nn.functional.all_gather`` needs."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x, group=group)
+        rank = dist.get_rank(group)
+        ctx.group = group
+        ctx.rows = slice(rank * len(x), (rank + 1) * len(x))
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rows], None
+
+
+def all_gather_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Concatenate ``x`` from every rank in rank order, keeping gradients for every rank's rows."""
+    return _AllGatherWithGrad.apply(x, group)
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """Unit rows in at least fp32 (bf16 logits over 1/τ = 20 would lose the loss's precision); the
+    norm is clamped at 1e-8 like the original ``sim_matrix``, so a zero row gives zero similarity
+    instead of NaN."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def _two_way_ce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    a_all: torch.Tensor,
+    b_all: torch.Tensor,
+    offset: int,
+    temperature: float,
+) -> torch.Tensor:
+    """Row CE of this process's ``a`` against all ``b`` plus column CE of its ``b`` against all ``a``;
+    its pairs sit at ``offset`` in the full batch."""
+    labels = torch.arange(offset, offset + len(a), device=a.device)
+    # Autocast would put the matmul back in bf16/fp16; the logits are cheap, keep them precise.
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        rows = F.cross_entropy(a @ b_all.T / temperature, labels)
+        columns = F.cross_entropy(b @ a_all.T / temperature, labels)
+        return rows + columns
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
+    """Symmetric InfoNCE L of the pairs (a[i], b[i]) with the rest of this batch as negatives."""
+    a, b = _normalize(a), _normalize(b)
+    return _two_way_ce(a, b, a, b, 0, temperature)
+
+
+def distributed_info_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float = DEFAULT_TEMPERATURE,
+    group: dist.ProcessGroup | None = None,
+) -> torch.Tensor:
+    """This rank's share of L over the global batch (see the module docstring for the scaling).
+
+    ``a`` and ``b`` are this rank's embeddings; every rank of ``group`` must call it with the same
+    local batch size. Without an initialised process group, or with one rank, it is ``info_nce``.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return info_nce(a, b, temperature)
+    a, b = _normalize(a), _normalize(b)
+    a_all, b_all = all_gather_with_grad(a, group), all_gather_with_grad(b, group)
+    return _two_way_ce(a, b, a_all, b_all, dist.get_rank(group) * len(a), temperature)
+
+
+class MCQLossOutput(NamedTuple):
+    """The total to back-propagate and its two terms for logging (all local: see the module
+    docstring; all-reduce them with AVG to log the global-batch values)."""
+
+    loss: torch.Tensor
+    loss_vt: torch.Tensor
+    loss_mcq: torch.Tensor
+
+
+class MCQLoss(nn.Module):
+    """MCQ pre-training objective: L(text, video) + L(answer, bridge), weights 1:1, fixed τ.
+
+    Rows of the MCQ term are answers and columns bridge outputs, so every other sample's answer in
+    the global batch is a wrong choice. Embeddings may be bf16; the loss is computed in fp32.
+    """
+
+    def __init__(
+        self, temperature: float = DEFAULT_TEMPERATURE, group: dist.ProcessGroup | None = None
+    ) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.group = group
+
+    def forward(
+        self, text: torch.Tensor, video: torch.Tensor, answer: torch.Tensor, bridge: torch.Tensor
+    ) -> MCQLossOutput:
+        loss_vt = distributed_info_nce(text, video, self.temperature, self.group)
+        loss_mcq = distributed_info_nce(answer, bridge, self.temperature, self.group)
+        return MCQLossOutput(loss_vt + loss_mcq, loss_vt, loss_mcq)
