@@ -58,13 +58,13 @@ def run(args: argparse.Namespace) -> dict:
         sum(e.float().pow(2).mean() for e in out).backward()
         model.zero_grad(set_to_none=False)
 
+    rss_before = peak_rss_bytes()  # the model and inputs; the first step's growth over it is the step's memory
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    rss_before = peak_rss_bytes()
     for _ in range(args.warmup):
         step()
     if device.type == "cuda":
