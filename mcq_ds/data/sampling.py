@@ -1,0 +1,82 @@
+"""Every random decision a loader makes about one sample, in one place.
+
+The reference loader and the DALI pipeline must pick the same frames, crop and flip for the same sample, and a
+resumed run must repeat an uninterrupted one exactly. So the decisions do not come from a stateful generator that
+depends on how many samples a worker has seen: they come from `random.Random(sample_seed(seed, epoch, key))`,
+drawn in the order of `SampleDraws`.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from typing import NamedTuple
+
+from shards.frames import segment_frames
+
+# RandomResizedCrop(scale=(0.5, 1.0)) with torchvision's default aspect ratios (SPEC §3.4).
+CROP_SCALE = (0.5, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def sample_seed(seed: int, epoch: int, key: str) -> int:
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class CropBox(NamedTuple):
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def random_resized_crop_box(rng: random.Random, height: int, width: int, scale: tuple[float, float] = CROP_SCALE,
+                            ratio: tuple[float, float] = CROP_RATIO) -> CropBox:
+    """torchvision's RandomResizedCrop window rule, drawn from `rng`: up to 10 tries of an area in `scale` and a
+    log-uniform aspect in `ratio`, else the largest centred window with a clamped aspect."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return CropBox(rng.randint(0, height - h), rng.randint(0, width - w), h, w)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return CropBox((height - h) // 2, (width - w) // 2, h, w)
+
+
+def center_crop_box(height: int, width: int) -> CropBox:
+    """Evaluation view (SPEC §3.4): the centred square of the short side (Resize 256 → CenterCrop 256)."""
+    side = min(height, width)
+    return CropBox((height - side) // 2, (width - side) // 2, side, side)
+
+
+class SampleDraws(NamedTuple):
+    """What a loader does to one sample: stored-frame indices, crop window (in stored-frame pixels), flip."""
+
+    frames: list[int]
+    crop: CropBox
+    flip: bool
+    rng: random.Random  # the same stream, positioned after these draws: the question builder continues from it
+
+
+def draw(seed: int, epoch: int, key: str, num_stored: int, num_frames: int, height: int, width: int,
+         train: bool) -> SampleDraws:
+    """The decisions for one sample. Training: one random frame per segment, a random resized crop and a coin
+    flip; evaluation: segment midpoints and the centre crop, no flip. Same arguments, same draws."""
+    rng = random.Random(sample_seed(seed, epoch, key))
+    if not train:
+        return SampleDraws(segment_frames(num_stored, num_frames, "uniform"), center_crop_box(height, width), False,
+                           rng)
+    frames = segment_frames(num_stored, num_frames, "rand", rng)
+    crop = random_resized_crop_box(rng, height, width)
+    return SampleDraws(frames, crop, rng.random() < 0.5, rng)
