@@ -245,9 +245,10 @@ _worker: tuple[Options, PhraseParser] | None = None
 
 
 def init_worker(options: Options) -> None:
-    """Load the phrase parser once per worker process."""
+    """Load the phrase parser once per worker process (and once per model in a single-process run)."""
     global _worker
-    _worker = (options, PhraseParser(options.spacy_model))
+    parser = _worker[1] if _worker and _worker[0].spacy_model == options.spacy_model else None
+    _worker = (options, parser or PhraseParser(options.spacy_model))
 
 
 def convert_batch(job: tuple[int, list[Row], bool]) -> list[tuple[dict | None, str | None]]:
