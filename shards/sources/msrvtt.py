@@ -115,19 +115,27 @@ def _numpy_int(dtype: _Dtype, raw: bytes) -> int:
     return int.from_bytes(raw, "big" if dtype.order == ">" else "little", signed=dtype.code[0] == "i")
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """Stands in for ``_codecs.encode``, which protocols 0-2 use to spell bytes."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("only latin-1 byte strings are accepted")
+    return text.encode("latin1")
+
+
 class DataOnlyUnpickler(pickle.Unpickler):
     """An unpickler that builds plain data (dicts, lists, str, int, ...) and nothing else.
 
     Pickles name the functions that rebuild their objects, and the stock unpickler calls them. This
-    one resolves no name at all except numpy's integer scalar and dtype, which it maps to the two
-    small decoders above (``pickle.dump`` of a dict whose values came from numpy writes those), so
-    no code from the file runs.
+    one resolves no name at all except numpy's integer scalar and dtype and the bytes helper of old
+    protocols, which it maps to the small decoders above (``pickle.dump`` of a dict whose values came
+    from numpy writes those), so no code from the file runs.
     """
 
     SAFE = {
         ("numpy.core.multiarray", "scalar"): _numpy_int,
         ("numpy._core.multiarray", "scalar"): _numpy_int,
         ("numpy", "dtype"): _Dtype,
+        ("_codecs", "encode"): _latin1_bytes,
     }
 
     def find_class(self, module: str, name: str):
