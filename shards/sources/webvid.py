@@ -1,0 +1,20 @@
+"""WebVid: the CSV (``videoid, contentUrl, duration, page_dir, name``), videos at ``<videos>/<page_dir>/<videoid>.mp4``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from shards.sources import Row, make_key
+from shards.tables import read_table
+
+
+def read(csv_path: Path, videos: Path) -> Iterator[Row]:
+    for line, r in read_table(csv_path, ["videoid", "page_dir", "name"]):
+        video_id = r["videoid"].strip()
+        row = Row(source="webvid", key=make_key("webvid", video_id), id=video_id, caption=r["name"],
+                  media=str(videos / r["page_dir"].strip() / f"{video_id}.mp4"), kind="video",
+                  where=f"{csv_path}:{line}")
+        if not video_id:
+            row.reject = "missing media: the videoid column is empty"
+        yield row
