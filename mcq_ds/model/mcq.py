@@ -15,16 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MCQConfig
+from ..data.batch import Tokens
 from .bridge_former import BridgeFormer
 from .text_former import TextFormer, build_text_encoder
 from .video_former import VideoFormer, init_linear_and_norm
-
-
-class Tokens(NamedTuple):
-    """A tokenised text batch: ids and attention mask, both (B, L)."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor
 
 
 class Embeddings(NamedTuple):
