@@ -70,13 +70,16 @@ class SampleDraws(NamedTuple):
 
 
 def draw(seed: int, epoch: int, key: str, num_stored: int, num_frames: int, height: int, width: int,
-         train: bool) -> SampleDraws:
+         train: bool, hflip: bool = True) -> SampleDraws:
     """The decisions for one sample. Training: one random frame per segment, a random resized crop and a coin
-    flip; evaluation: segment midpoints and the centre crop, no flip. Same arguments, same draws."""
+    flip; evaluation: segment midpoints and the centre crop, no flip. Same arguments, same draws. `hflip=False`
+    turns the flip off (captions that say "left" or "right", like the demo data's, become wrong when flipped); the
+    coin is still drawn so the question builder sees the same stream either way."""
     rng = random.Random(sample_seed(seed, epoch, key))
     if not train:
         return SampleDraws(segment_frames(num_stored, num_frames, "uniform"), center_crop_box(height, width), False,
                            rng)
     frames = segment_frames(num_stored, num_frames, "rand", rng)
     crop = random_resized_crop_box(rng, height, width)
-    return SampleDraws(frames, crop, rng.random() < 0.5, rng)
+    flip = rng.random() < 0.5
+    return SampleDraws(frames, crop, flip and hflip, rng)

@@ -1,0 +1,35 @@
+"""The MCQ curriculum as named stage presets (SPEC §2.5, §4.1–4.2).
+
+Each preset reproduces one original config: frames, question type, data sources, the global contrastive batch, the
+learning rate and its ×0.1 milestones. Epochs and milestones are in epochs of the original's definition (one pass
+over the smallest source); the engine turns them into optimizer steps from the shards' sample counts. Every stage
+after the first starts from the previous stage's exported weights only (a fresh optimizer), as the original did.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    frames: int
+    question_type: str  # "noun" | "verb" (verb falls back to noun)
+    sources: tuple[str, ...]  # one optimizer step per source in turn (stage 1 alternates CC3M and WebVid)
+    global_batch: int  # samples per optimizer step, over all ranks
+    lr: float
+    epochs: int
+    milestones: tuple[int, ...]  # epochs after which lr ×= 0.1
+    model: str  # model preset when a stage starts without --init weights
+
+
+STAGES: dict[str, Stage] = {
+    # the paper's recipe: 32 GPUs × 64 one-frame samples, then 40 GPUs × 20 four-frame samples
+    "1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 2048, 1e-4, 20, (12, 16), "base"),
+    "4f-noun": Stage(4, "noun", ("webvid",), 800, 3e-5, 10, (6, 8), "base"),
+    "4f-verb": Stage(4, "verb", ("webvid",), 800, 1e-5, 10, (6, 8), "base"),
+    # the same curriculum for the tiny model on the embedded demo data (a few minutes on a laptop CPU)
+    "demo-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 32, 5e-4, 6, (4,), "tiny"),
+    "demo-4f-noun": Stage(4, "noun", ("webvid",), 32, 3e-4, 4, (3,), "tiny"),
+    "demo-4f-verb": Stage(4, "verb", ("webvid",), 32, 1e-4, 3, (2,), "tiny"),
+}
+CURRICULUM = ("1f-noun", "4f-noun", "4f-verb")

@@ -1,0 +1,257 @@
+"""`mcq-ds train`: one stage of the MCQ curriculum on a DeepSpeed ZeRO engine.
+
+Run it directly on one machine (`mcq-ds train ...`) or under the DeepSpeed launcher across nodes
+(`deepspeed --hostfile hosts -m mcq_ds.cli train ...`, see launch/). The loop is the whole story on one screen:
+take a batch of the step's source, embed, MCQ loss, backward, step; log; checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..data.loader import LoaderConfig
+from ..loss import MCQLoss
+from ..model import MCQ, load_pretrained, load_tokenizer, save_pretrained
+from . import checkpoints
+from .config import DS_CONFIGS, TrainConfig, add_arguments, resolve
+from .schedule import step_decay, warmup_cosine
+from .tracking import Tracker
+
+log = logging.getLogger("mcq_ds.train")
+
+
+def init_distributed() -> None:
+    """Joins the launcher's process group; a plain `mcq-ds train` becomes a 1-rank group (gloo on CPU)."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+
+
+def build_model(cfg: TrainConfig):
+    """The stage's starting weights (the previous stage's export, or `mcq-ds init`) or a fresh preset model."""
+    if cfg.init:
+        model, tokenizer = load_pretrained(cfg.init)
+    else:
+        from ..config import preset
+
+        model_cfg = preset(cfg.model)
+        model_cfg.video.num_frames = max(model_cfg.video.num_frames, cfg.frames)
+        model = MCQ(model_cfg)
+        tokenizer = load_tokenizer(model_cfg.text)
+    if cfg.frames > model.cfg.video.num_frames:
+        raise ValueError(f"stage {cfg.stage} uses {cfg.frames} frames; the model in {cfg.init} takes at most "
+                         f"{model.cfg.video.num_frames}")
+    model.set_grad_checkpointing(bool(cfg.grad_checkpointing))
+    if cfg.compile:
+        for block in [*model.video_model.blocks, *getattr(model, "bridge_model", model.video_model).blocks]:
+            block.compile()
+    return model, tokenizer
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
+    """The JSON from ds_configs/ as is, plus the values that depend on this run."""
+    path = Path(cfg.ds_config) if cfg.ds_config else DS_CONFIGS / (
+        "zero1_bf16.json" if torch.cuda.is_available() else "cpu_fp32.json")
+    if not path.is_file() and (DS_CONFIGS / path.name).is_file():
+        path = DS_CONFIGS / path.name
+    ds = json.loads(path.read_text())
+    micro = cfg.micro_batch or cfg.global_batch // world_size
+    accumulation = cfg.global_batch // (micro * world_size)
+    if accumulation < 1 or accumulation * micro * world_size != cfg.global_batch:
+        raise ValueError(f"global batch {cfg.global_batch} is not micro batch {micro} × {world_size} ranks × an "
+                         "integer number of accumulation steps; change --micro-batch or --global-batch")
+    ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
+              train_batch_size=cfg.global_batch)
+    if "optimizer" in ds:
+        ds["optimizer"].setdefault("params", {})["lr"] = cfg.lr
+    return ds
+
+
+def steps_plan(cfg: TrainConfig, samples: dict[str, int]) -> tuple[int, list[int]]:
+    """Total optimizer steps and the lr milestones in steps. An epoch is one pass over the smallest source (the
+    original's zipped loaders), with one optimizer step per source in turn."""
+    per_source = min(samples[s] for s in cfg.sources) // cfg.global_batch
+    if per_source < 1:
+        raise ValueError(f"the smallest source has {min(samples.values())} samples, fewer than one global batch "
+                         f"({cfg.global_batch})")
+    steps_per_epoch = per_source * len(cfg.sources)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    return total, [m * steps_per_epoch for m in cfg.milestones]
+
+
+def train(cfg: TrainConfig) -> Path:
+    import deepspeed
+
+    from ..data.loaders import make_loader, source_size
+
+    init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    on_gpu = torch.cuda.is_available()
+    if cfg.grad_checkpointing is None:
+        cfg.grad_checkpointing = on_gpu
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    resume_from = checkpoints.resolve_resume(ckpt_dir, cfg.resume)
+    common = {}
+    if resume_from is not None:  # the saved run's config wins: a resumed run must continue the same run
+        common = torch.load(next(resume_from.glob("*model_states.pt")), weights_only=False)["mcq_ds"] \
+            if False else {}
+    model, tokenizer = build_model(cfg)
+    ds = deepspeed_config(cfg, world)
+    total_steps, milestones = steps_plan(cfg, {s: source_size(cfg.data[s]) for s in cfg.sources})
+    factor = step_decay(milestones) if cfg.schedule == "step" else warmup_cosine(cfg.warmup_steps, total_steps)
+    optimizer = None
+    if "optimizer" not in ds:  # the original's AdamW (SPEC §4.1): eps 1e-6, no weight decay
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
+    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+    micro = ds["train_micro_batch_size_per_gpu"]
+
+    loaders = {source: make_loader(cfg.loader, LoaderConfig(
+        shards=cfg.data[source], source=source, train=True, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
+        batch_size=micro, workers=cfg.workers, seed=cfg.seed, rank=rank, world_size=world, tokenizer=tokenizer,
+        question_type=cfg.question_type, question_mode=cfg.question_mode, max_text_length=model.cfg.text.max_length))
+        for source in cfg.sources}
+
+    step, run_id = 0, None
+    if resume_from is not None:
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=resume_from.name)
+        step, run_id = client["step"], client.get("mlflow_run_id")
+        own = checkpoints.load_rank_state(resume_from, rank)
+        if own is not None and checkpoints.saved_world_size(resume_from) == world:
+            for source, loader in loaders.items():
+                loader.load_state_dict(own["loaders"][source])
+            checkpoints.set_rng_state(own["rng"])
+        else:
+            log.warning("resuming on %d ranks from a checkpoint written by %d: data restarts the current epoch on "
+                        "the new split", world, checkpoints.saved_world_size(resume_from))
+        if rank == 0:
+            log.info("resumed from %s at step %d", resume_from, step)
+
+    out.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(None if cfg.mlflow_uri is None else cfg.mlflow_uri, cfg.experiment,
+                      cfg.run_name or f"{cfg.stage}", rank, out, run_id=run_id)
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if run_id is None:
+            tracker.log_params({"train": cfg.to_dict(), "deepspeed": ds, "world_size": world})
+            tracker.log_config("train_config.json", cfg.to_dict())
+            tracker.log_config("deepspeed_config.json", ds)
+
+    loss_fn = MCQLoss(cfg.temperature)
+    iterators = {source: iter(loader) for source, loader in loaders.items()}
+    window = {"time": time.perf_counter(), "data": 0.0, "samples": 0, "steps": 0}
+    totals = torch.zeros(3, dtype=torch.float64)  # loss, loss_vt, loss_mcq summed over the logging window
+    counters = {"skipped": 0, "no_phrase": 0}
+    accumulation = engine.gradient_accumulation_steps()
+    while step < total_steps:
+        source = cfg.sources[step % len(cfg.sources)]
+        for _ in range(accumulation):
+            t0 = time.perf_counter()
+            batch = next(iterators[source]).to(engine.device, dtype)
+            window["data"] += time.perf_counter() - t0
+            counters["skipped"] += batch.skipped
+            counters["no_phrase"] += sum(k == "none" for k in batch.kinds)
+            loss = loss_fn(*engine(batch.video, batch.text, batch.question, batch.answer))
+            engine.backward(loss.loss)
+            engine.step()
+            totals += torch.tensor([loss.loss.item(), loss.loss_vt.item(), loss.loss_mcq.item()], dtype=torch.float64)
+            window["samples"] += len(batch)
+        step += 1
+        window["steps"] += 1
+        if step % cfg.log_every == 0 or step == total_steps:
+            _log_window(engine, tracker, step, totals, window, counters, accumulation)
+        if step % cfg.save_every == 0 or step == total_steps:
+            _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters)
+    export = _export(engine, ckpt_dir, step, model.cfg, tokenizer, out, rank)
+    if rank == 0:
+        tracker.log_artifacts(export, "model")
+    tracker.close()
+    return export
+
+
+def _log_window(engine, tracker, step, totals, window, counters, accumulation) -> None:
+    """Global-batch means of the loss terms over the window, throughput, the data-wait share and counters."""
+    world = dist.get_world_size()
+    elapsed = time.perf_counter() - window["time"]
+    stats = torch.cat([totals, torch.tensor([window["data"], window["samples"], counters["skipped"],
+                                             counters["no_phrase"]], dtype=torch.float64)])
+    dist.all_reduce(stats)
+    micro_steps = window["steps"] * accumulation * world
+    metrics = {
+        "loss": stats[0].item() / micro_steps, "loss_vt": stats[1].item() / micro_steps,
+        "loss_mcq": stats[2].item() / micro_steps, "lr": engine.get_lr()[0],
+        "samples_per_second": stats[4].item() / elapsed, "samples_per_second_per_gpu": stats[4].item() / elapsed / world,
+        "data_wait_share": stats[3].item() / world / elapsed, "skipped_samples": stats[5].item(),
+        "no_phrase_samples": stats[6].item(),
+    }
+    grad_norm = engine.get_global_grad_norm()
+    if grad_norm is not None and math.isfinite(float(grad_norm)):
+        metrics["grad_norm"] = float(grad_norm)
+    if torch.cuda.is_available():
+        metrics["memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    else:
+        import resource
+        metrics["memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    tracker.log_metrics(metrics, step)
+    if dist.get_rank() == 0:
+        log.info("step %d  loss %.4f (vt %.4f, mcq %.4f)  lr %.2e  %.1f samples/s  data wait %.0f%%", step,
+                 metrics["loss"], metrics["loss_vt"], metrics["loss_mcq"], metrics["lr"],
+                 metrics["samples_per_second"], 100 * metrics["data_wait_share"])
+    totals.zero_()
+    window.update(time=time.perf_counter(), data=0.0, samples=0, steps=0)
+
+
+def _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters) -> None:
+    common = {"step": step, "stage": cfg.stage, "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id}
+    per_rank = {"loaders": {s: loader.state_dict() for s, loader in loaders.items()},
+                "rng": checkpoints.rng_state(), "counters": dict(counters)}
+    checkpoints.save(engine, ckpt_dir, step, common, per_rank, cfg.keep_last)
+
+
+def _export(engine, ckpt_dir, step, model_cfg, tokenizer, out, rank) -> Path:
+    """fp32 weights as `<out>/model` (model.safetensors + config.json + tokenizer/), from the ZeRO master copy."""
+    folder = out / "model"
+    if rank == 0:
+        if engine.zero_optimization_stage() > 0:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=checkpoints.tag_for(step))
+        else:
+            state = {k: v.float() for k, v in engine.module.state_dict().items()}
+        model = MCQ(model_cfg)
+        model.load_state_dict(state, strict=True)
+        save_pretrained(model, tokenizer, folder)
+    dist.barrier()
+    return folder
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .config import add_arguments as add_config_arguments
+
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    export = train(resolve(args))
+    if dist.get_rank() == 0:
+        print(f"exported {export}")
+    return 0
