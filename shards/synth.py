@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import colorsys
 import csv
+import inspect
 import itertools
 import json
 import math
@@ -301,7 +302,9 @@ def _clip_poses(rng: np.random.Generator, shape: str, motion: str, side: int) ->
     x, y = (rng.uniform(margin, side - margin) for _ in range(2))
     start, end = Pose(x, y, scales[0], angle), Pose(x, y, scales[1], angle)
     if motion == "spin":
-        turn = rng.uniform(0.55, 0.85) * outline.symmetry * rng.choice((-1, 1))
+        # About one and a half symmetry periods: first and last frame differ most, and no two of a
+        # few evenly spaced frames show the same orientation.
+        turn = rng.uniform(1.35, 1.65) * outline.symmetry * rng.choice((-1, 1))
         end = end._replace(angle=angle + turn)
     elif motion in ("left", "right", "up", "down"):
         distance = min(MOVE_DISTANCE * side, side - 2 * margin)
@@ -315,17 +318,16 @@ def _clip_poses(rng: np.random.Generator, shape: str, motion: str, side: int) ->
 
 @dataclass(frozen=True)
 class Clip:
-    """A planned video: what it shows, how long it is, and its captions (one for WebVid)."""
+    """A planned video: how long it is, what it shows, and its captions (one for WebVid)."""
 
-    combo: Combo
-    background: str
     seconds: int
     scene: Scene
     captions: tuple[str, ...]
 
 
-def _plan_clip(rng: np.random.Generator, combo: Combo, background: str, side: int, fps: int,
-               n_captions: int) -> Clip:
+def plan_clip(rng: np.random.Generator, combo: Combo, background: str, side: int, fps: int,
+              n_captions: int = 1) -> Clip:
+    """Plan one clip of 2-4 s: its scene, and n_captions captions that differ in wording."""
     colour, shape, motion = combo
     seconds = int(rng.integers(2, 5))
     start, end = _clip_poses(rng, shape, motion, side)
@@ -336,11 +338,16 @@ def _plan_clip(rng: np.random.Generator, combo: Combo, background: str, side: in
     wordings = rng.permutation(len(MOTIONS[motion]))[:n_captions]
     captions = tuple(_caption(VIDEO_TEMPLATES[t], colour, shape, background, MOTIONS[motion][w])
                      for t, w in zip(templates, wordings))
-    return Clip(combo, background, seconds, scene, captions)
+    return Clip(seconds, scene, captions)
+
+
+def _any_background(rng: np.random.Generator) -> str:
+    return str(rng.choice(list(BACKGROUNDS)))
 
 
 def _plan_image(rng: np.random.Generator, side: int) -> tuple[Scene, str]:
-    colour, shape, background = (str(rng.choice(list(v))) for v in (COLOURS, SHAPES, BACKGROUNDS))
+    colour, shape = (str(rng.choice(list(v))) for v in (COLOURS, SHAPES))
+    background = _any_background(rng)
     fw, fh = IMAGE_SIZES[rng.integers(len(IMAGE_SIZES))]
     width, height = 2 * round(side * fw / 2), 2 * round(side * fh / 2)
     scale = rng.uniform(0.7, 1.3)
@@ -374,11 +381,10 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
 
 def _render(job: tuple[Path, Scene, int]) -> None:
     path, scene, fps = job
-    frames = scene.render()
-    if fps:
-        write_mp4(path, frames, fps)
+    if path.suffix == ".mp4":
+        write_mp4(path, scene.render(), fps)
     else:
-        Image.fromarray(frames[0]).save(path, quality=92)
+        Image.fromarray(scene.render()[0]).save(path, quality=92)
 
 
 def _duration(seconds: int) -> str:
@@ -399,9 +405,10 @@ def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int =
                workers: int | None = None, overwrite: bool = False, progress: bool = False) -> dict:
     """Render the demo set into out_dir and return the summary that is also written to synth.json.
 
-    WebVid-style training clips and CC3M-style stills use every combination except the held-out ones;
-    MSR-VTT test videos use only held-out ones (each with 2-3 paraphrased captions); the few MSR-VTT
-    training videos exist because the MSR-VTT loaders read a training list too.
+    WebVid-style training clips use every combination except the held-out ones, and so do the few
+    MSR-VTT training videos (they exist because MSR-VTT loaders read a training list too); MSR-VTT
+    test videos use only held-out ones, each with 2-3 paraphrased captions. CC3M-style stills have
+    no motion, so any colour and shape appears there, with noun-only captions.
     """
     if size < 32 or size % 2:
         raise ValueError("size must be an even number of pixels, at least 32 (H.264 yuv420p)")
@@ -414,46 +421,41 @@ def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int =
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
-    split_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
-    held_out = hold_out(split_rngs[0])
-    train_combos = sorted(set(all_combos()) - set(held_out))
-    backgrounds = list(BACKGROUNDS)
+    # One random stream per split, so that changing one count leaves the other splits as they were.
+    held_rng, webvid_rng, cc3m_rng, msrvtt_train_rng, msrvtt_test_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+    held_out = hold_out(held_rng)
+    seen = sorted(set(all_combos()) - set(held_out))
+    webvid, cc3m, msrvtt = out / "webvid", out / "cc3m", out / "msrvtt"
     jobs: list[tuple[Path, Scene, int]] = []
 
-    webvid = out / "webvid"
-    rng = split_rngs[1]
     rows = []
-    for i, combo in enumerate(_cycle(rng, train_combos, train_videos)):
-        clip = _plan_clip(rng, combo, backgrounds[rng.integers(len(backgrounds))], size, fps, 1)
-        videoid, page = 1_000_000 + i, i // 50
-        page_dir = f"{50 * page + 1:06d}_{50 * page + 50:06d}"
+    for i, combo in enumerate(_cycle(webvid_rng, seen, train_videos)):
+        clip = plan_clip(webvid_rng, combo, _any_background(webvid_rng), size, fps)
+        videoid, page_dir = 1_000_000 + i, f"{i // 50 * 50 + 1:06d}_{i // 50 * 50 + 50:06d}"
         rows.append((videoid, f"https://synth.invalid/webvid/{videoid}.mp4", _duration(clip.seconds),
                      page_dir, clip.captions[0]))
         jobs.append((webvid / "videos" / page_dir / f"{videoid}.mp4", clip.scene, fps))
 
-    cc3m = out / "cc3m"
-    rng = split_rngs[2]
     tsv_rows = []
     for i in range(images):
-        scene, caption = _plan_image(rng, size)
+        scene, caption = _plan_image(cc3m_rng, size)
         tsv_rows.append((caption, f"https://synth.invalid/cc3m/{i}.jpg"))
-        jobs.append((cc3m / "images" / _cc3m_name(i), scene, 0))
+        jobs.append((cc3m / "images" / _cc3m_name(i), scene, fps))
 
-    msrvtt = out / "msrvtt"
-    rng = split_rngs[3]
-    train_clips = [
-        _plan_clip(rng, combo, backgrounds[rng.integers(len(backgrounds))], size, fps, 3)
-        for combo in _cycle(rng, train_combos, msrvtt_train_videos)
-    ]
-    rng = split_rngs[4]
-    test_clips = [  # held-out combination x background, so test descriptions repeat only past 100
-        _plan_clip(rng, held_out[k % len(held_out)], backgrounds[k // len(held_out) % len(backgrounds)],
-                   size, fps, int(rng.integers(2, 4)))
+    train_clips = [plan_clip(msrvtt_train_rng, combo, _any_background(msrvtt_train_rng), size, fps, 3)
+                   for combo in _cycle(msrvtt_train_rng, seen, msrvtt_train_videos)]
+    backgrounds = list(BACKGROUNDS)
+    test_clips = [  # every held-out combination on every background before any description repeats
+        plan_clip(msrvtt_test_rng, held_out[k % len(held_out)],
+                  backgrounds[k // len(held_out) % len(backgrounds)], size, fps,
+                  int(msrvtt_test_rng.integers(2, 4)))
         for k in range(test_videos)
     ]
-    ids = [f"video{n}" for n in rng.permutation(len(train_clips) + len(test_clips))]
+    ids = [f"video{n}" for n in msrvtt_test_rng.permutation(len(train_clips) + len(test_clips))]
     train_ids, test_ids = ids[:len(train_clips)], ids[len(train_clips):]
-    caption_index = {vid: int(rng.integers(len(c.captions))) for vid, c in zip(test_ids, test_clips)}
+    caption_index = {vid: int(msrvtt_test_rng.integers(len(clip.captions)))
+                     for vid, clip in zip(test_ids, test_clips)}
     for vid, clip in zip(ids, train_clips + test_clips):
         jobs.append((msrvtt / "videos" / "all" / f"{vid}.mp4", clip.scene, fps))
 
@@ -551,17 +553,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "files, videos/all) and OUT/synth.json. Held-out colour-shape-motion combinations appear only "
         "in the MSR-VTT test split. The same seed gives the same files."
     )
+    default = {name: p.default for name, p in inspect.signature(synthesize).parameters.items()}
     parser.add_argument("out", metavar="OUT", help="output folder (created if missing)")
-    parser.add_argument("--train-videos", type=int, default=600, help="WebVid-style training clips (default 600)")
-    parser.add_argument("--images", type=int, default=200, help="CC3M-style still images (default 200)")
-    parser.add_argument("--test-videos", type=int, default=100,
-                        help="MSR-VTT test videos, all held-out combinations (default 100)")
-    parser.add_argument("--msrvtt-train-videos", type=int, default=20,
-                        help="MSR-VTT training-list videos, seen combinations (default 20)")
-    parser.add_argument("--size", type=int, default=112, help="video side in pixels, even (default 112)")
-    parser.add_argument("--fps", type=int, default=8, help="frames per second; clips last 2-4 s (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same output (default 0)")
-    parser.add_argument("--workers", type=int, default=None, help="render processes (default: all CPUs)")
+    for option, help_text in (
+        ("train_videos", "WebVid-style training clips"),
+        ("images", "CC3M-style still images"),
+        ("test_videos", "MSR-VTT test videos, all of held-out combinations"),
+        ("msrvtt_train_videos", "MSR-VTT training-list videos, of seen combinations"),
+        ("size", "video side in pixels, even"),
+        ("fps", "frames per second; every clip lasts 2-4 s"),
+        ("seed", "random seed; the same seed gives the same files"),
+    ):
+        parser.add_argument("--" + option.replace("_", "-"), type=int, default=default[option], metavar="N",
+                            help=f"{help_text} (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N", help="render processes (default: all CPUs)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace webvid/, cc3m/, msrvtt/ and synth.json if OUT already has them")
 
