@@ -79,12 +79,12 @@ EXCLUDED: frozenset[tuple[str, str]] = frozenset({("circle", "spin")})
 HELD_OUT = 25
 
 VIDEO_TEMPLATES = (
-    "{a} {colour} {shape} {motion} on a {adjective} background",
+    "{a} {colour} {shape} {motion} on a {modifier} background",
     "{a} {colour} {shape} {motion} against {noun}",
-    "on a {adjective} background, {a} {colour} {shape} {motion}",
+    "on a {modifier} background, {a} {colour} {shape} {motion}",
 )
 IMAGE_TEMPLATES = (
-    "{a} {colour} {shape} on a {adjective} background",
+    "{a} {colour} {shape} on a {modifier} background",
     "{a} {colour} {shape} against {noun}",
     "a picture of {a} {colour} {shape} on {noun}",
 )
@@ -241,9 +241,9 @@ def _article(word: str) -> str:
 
 
 def _caption(template: str, colour: str, shape: str, background: str, motion: str = "") -> str:
-    adjective, noun = BACKGROUNDS[background]
+    modifier, noun = BACKGROUNDS[background]
     return template.format(a=_article(colour), colour=colour, shape=shape, motion=motion,
-                           adjective=adjective, noun=noun)
+                           modifier=modifier, noun=noun)
 
 
 def all_combos() -> list[Combo]:
@@ -349,6 +349,7 @@ def _any_background(rng: np.random.Generator) -> str:
 
 
 def _plan_image(rng: np.random.Generator, side: int) -> tuple[Scene, str]:
+    """A CC3M-style still and its noun-only caption; some are not square, like real CC3M images."""
     colour, shape = (str(rng.choice(list(v))) for v in (COLOURS, SHAPES))
     background = _any_background(rng)
     fw, fh = IMAGE_SIZES[rng.integers(len(IMAGE_SIZES))]
@@ -415,8 +416,10 @@ def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int =
     """
     if size < 32 or size % 2:
         raise ValueError("size must be an even number of pixels, at least 32 (H.264 yuv420p)")
-    if fps < 1 or min(train_videos, images, test_videos, msrvtt_train_videos) < 0:
-        raise ValueError("fps must be positive and counts must not be negative")
+    if fps < 1 or (workers is not None and workers < 1):
+        raise ValueError("fps and workers must be at least 1")
+    if min(train_videos, images, test_videos, msrvtt_train_videos) < 0:
+        raise ValueError("counts must not be negative")
     out = Path(out_dir)
     existing = [out / name for name in OWNED if (out / name).exists()]
     if existing and not overwrite:
@@ -485,7 +488,7 @@ def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int =
             "colours": list(COLOURS),
             "shapes": list(SHAPES),
             "motions": {k: list(v) for k, v in MOTIONS.items()},
-            "backgrounds": {k: {"adjective": a, "noun": n} for k, (a, n) in BACKGROUNDS.items()},
+            "backgrounds": {k: {"modifier": m, "noun": n} for k, (m, n) in BACKGROUNDS.items()},
         },
         "never_rendered": [list(pair) for pair in sorted(EXCLUDED)],
         "held_out": [list(c) for c in held_out],
@@ -493,7 +496,7 @@ def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int =
             "webvid_csv": "webvid/results_train.csv",
             "webvid_videos": "webvid/videos/<page_dir>/<videoid>.mp4",
             "cc3m_tsv": "cc3m/Train_GCC-training.tsv",
-            "cc3m_images": "cc3m/images/<img2dataset key: row index as %05d folder + %09d>.jpg",
+            "cc3m_images": "cc3m/images/<row // 10000 as %05d>/<row as %09d>.jpg (row: 0-based, in the TSV)",
             "msrvtt": "msrvtt (annotation/MSR_VTT.json, high-quality/structured-symlinks, videos/all)",
         },
     }
@@ -569,7 +572,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ):
         parser.add_argument("--" + option.replace("_", "-"), type=int, default=default[option], metavar="N",
                             help=f"{help_text} (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=None, metavar="N", help="render processes (default: all CPUs)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="render processes (default: all CPUs)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace webvid/, cc3m/, msrvtt/ and synth.json if OUT already has them")
 

