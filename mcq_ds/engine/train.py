@@ -107,10 +107,6 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_from = checkpoints.resolve_resume(ckpt_dir, cfg.resume)
-    common = {}
-    if resume_from is not None:  # the saved run's config wins: a resumed run must continue the same run
-        common = torch.load(next(resume_from.glob("*model_states.pt")), weights_only=False)["mcq_ds"] \
-            if False else {}
     model, tokenizer = build_model(cfg)
     ds = deepspeed_config(cfg, world)
     total_steps, milestones = steps_plan(cfg, {s: source_size(cfg.data[s]) for s in cfg.sources})
