@@ -1,0 +1,476 @@
+"""The NVIDIA DALI loader: the reference loader's batches, decoded by nvJPEG on a GPU or libjpeg-turbo on the CPU.
+
+One pipeline definition serves both machines; only the decoder's device changes (``"mixed"``: nvJPEG, the
+frames stay on the GPU; ``"cpu"``: ``device_id=None``, which is what CI runs). Per pipeline iteration:
+
+1. ``fn.readers.webdataset`` reads each sample's ``jpgs`` + ``offsets`` (a clip stored as JPEG frames, see
+   ``shards/media.py``) or ``jpg`` (an image, a one-frame clip), and its ``json``, from this rank's part of the
+   shards, through their ``.idx`` files.
+2. A host step (``fn.python_function``, one call per batch) does everything that must equal the reference
+   loader: :func:`mcq_ds.data.sampling.draw` picks the stored frames, crop window and flip from
+   ``(seed, epoch, key)``, and the question builder continues from the same random stream. It hands DALI only
+   the chosen frames' JPEG bytes, so nothing else is ever decoded, plus the crop window; it also checks each
+   sample's structure (json, offsets, JPEG markers and size), because a JPEG the decoder rejects stops a DALI
+   pipeline for good, and it tokenises the batch's captions, questions and answers (padded to the batch's
+   longest, so DALI's iterator gets dense tensors). Its cost is measured by ``mcq_ds/bench/dali.py``.
+3. ``fn.decoders.image_slice`` decodes only the crop window of each chosen frame, ``fn.stack`` makes the clip,
+   ``fn.resize`` brings it to ``img_size`` and ``fn.crop_mirror_normalize`` flips and normalises it on the
+   decoder's device into ``(F, 3, H, W)``.
+
+A sample that fails the host step's checks is decoded as a placeholder, dropped after the pipeline and
+counted in ``Batch.skipped``; the batch is filled from the next samples, so every batch has ``batch_size``
+samples on every rank (the distributed loss needs equal batches).
+
+Epochs. Each training epoch is its own pipeline: the shard list is shuffled with ``(seed, epoch)``, DALI gives
+this rank its contiguous ``1/world_size`` of the samples (sequential reads, what a network file system wants)
+and shuffles them in a buffer; every rank yields ``floor(floor(N / world) / batch_size)`` batches, the same
+number everywhere. Evaluation reads each sample exactly once, in order, with a partial last batch.
+
+Resume. ``state_dict()`` holds the epoch, the batches already yielded in it, and a DALI checkpoint
+(``enable_checkpointing``: reader position and shuffle state) taken before the oldest pipeline batch whose
+samples are not all yielded yet, with the count of its samples already yielded; a loader given that state
+yields exactly the batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import numpy as np
+import torch
+
+from .batch import NORMALISATION, Batch, Tokens
+from .questions import QuestionBuilder, tokenize_texts
+from .sampling import draw, sample_seed
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+KINDS = ("noun", "verb", "none")
+
+
+class LoaderSettings(Protocol):
+    """The fields of the reference loader's ``LoaderConfig`` that this loader reads."""
+
+    shards: str | Sequence[str]
+    source: str
+    train: bool
+    num_frames: int
+    img_size: int
+    batch_size: int
+    workers: int
+    seed: int
+    rank: int
+    world_size: int
+    tokenizer: PreTrainedTokenizerBase
+    question_type: str | None
+    question_mode: str
+    max_text_length: int | None
+    normalisation: str
+
+
+# --- shards ------------------------------------------------------------------------------------------------------
+
+
+class ShardFile(NamedTuple):
+    tar: str
+    index: str
+    samples: int
+
+
+def shard_files(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list[ShardFile]:
+    """The tar shards named by ``shards``: shard directories (their ``manifest.json`` lists the shards) or tar
+    files, brace patterns allowed (``webvid-{00000..00099}.tar``), whose DALI index is the ``.idx`` beside them.
+    The sample counts come from the manifest or the index header, so nothing is scanned."""
+    from braceexpand import braceexpand
+
+    from shards.manifest import read_manifest
+
+    names = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    files = []
+    for name in names:
+        for path in map(Path, braceexpand(str(name))):
+            if path.is_dir():
+                files += [ShardFile(str(s.path), str(s.index), s.samples) for s in read_manifest(path).shards]
+                continue
+            index = path.with_suffix(".idx")
+            if not index.is_file():
+                raise FileNotFoundError(f"{index} not found: DALI needs the index of {path} (mcq-shards writes it; "
+                                        f"for other shards run wds2idx {path} {index})")
+            with open(index, encoding="utf-8") as f:
+                files.append(ShardFile(str(path), str(index), int(f.readline().split()[1])))
+    if not files:
+        raise ValueError(f"no shards in {shards!r}")
+    return files
+
+
+def epoch_shards(files: list[ShardFile], seed: int, epoch: int, train: bool) -> list[ShardFile]:
+    """Training reads the shards in a new order every epoch (each rank gets different shards each epoch)."""
+    if not train:
+        return files
+    order = list(files)
+    random.Random(sample_seed(seed, epoch, "shards")).shuffle(order)
+    return order
+
+
+def rank_samples(total: int, rank: int, world_size: int) -> int:
+    """How many samples DALI's reader gives ``rank``: ``[total*rank//world, total*(rank+1)//world)``."""
+    return total * (rank + 1) // world_size - total * rank // world_size
+
+
+# --- the host step -----------------------------------------------------------------------------------------------
+
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, or None when the bytes are not one whole JPEG (no start or end
+    marker, or no frame header). Reads the marker segments only, not the image data."""
+    raw = data.tobytes() if len(data) < 4096 else data[:4096].tobytes()  # the frame header comes first
+    if len(data) < 4 or raw[:2] != b"\xff\xd8" or data[-2] != 0xFF or data[-1] != 0xD9:
+        return None
+    at = 2
+    while at + 9 <= len(raw):
+        if raw[at] != 0xFF:
+            return None
+        marker = raw[at + 1]
+        if marker in _SOF:
+            return int.from_bytes(raw[at + 7:at + 9], "big"), int.from_bytes(raw[at + 5:at + 7], "big")
+        at += 2 + int.from_bytes(raw[at + 2:at + 4], "big")
+    return None
+
+
+def _placeholder_jpeg() -> np.ndarray:
+    """What the decoder gets for a rejected sample (it has to decode something); the sample is dropped after."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(out, "JPEG")
+    return np.frombuffer(out.getvalue(), np.uint8)
+
+
+@dataclass
+class _Visual:
+    frames: list[int]
+    encoded: list[np.ndarray]
+    crop: tuple[int, int, int, int]  # top, left, height, width
+    flip: bool
+    rng: random.Random
+    info: dict
+
+
+class HostStep:
+    """The per-batch Python step of the pipeline (see the module docstring). One instance per epoch pipeline:
+    the epoch is part of every sample's random draws."""
+
+    OUTPUTS = ("anchor", "window", "flip", "frames", "crop", "valid", "keys", "kinds",
+               "text_ids", "text_mask", "question_ids", "question_mask", "answer_ids", "answer_mask")
+
+    def __init__(self, config: LoaderSettings, epoch: int, questions: QuestionBuilder | None):
+        self.config, self.epoch, self.questions = config, epoch, questions
+        self.placeholder = _placeholder_jpeg()
+        self.rejected = 0
+
+    def visual(self, meta: np.ndarray, jpgs: np.ndarray, offsets: np.ndarray) -> _Visual:
+        """Draws and chosen frames of one sample; raises ValueError (or KeyError, json errors) when it is corrupt."""
+        cfg = self.config
+        info = json.loads(meta.tobytes())
+        if offsets.size:
+            if offsets.size % 4:
+                raise ValueError("offsets member is not int32")
+            bounds = offsets.view("<i4")
+        else:  # an image: one frame
+            bounds = np.array([0, jpgs.size], np.int64)
+        count = len(bounds) - 1
+        if count < 1 or bounds[0] != 0 or bounds[-1] != jpgs.size or np.any(np.diff(bounds) <= 0):
+            raise ValueError(f"offsets do not describe the {jpgs.size}-byte frames member")
+        if count != info.get("num_frames", 1):
+            raise ValueError(f"{count} frames stored, json says {info.get('num_frames')}")
+        width, height = int(info["width"]), int(info["height"])
+        d = draw(cfg.seed, self.epoch, info["key"], count, cfg.num_frames, height, width, cfg.train,
+                 getattr(cfg, "hflip", True))
+        frames = d.frames + [d.frames[-1]] * (cfg.num_frames - len(d.frames))  # a clip shorter than F: repeat
+        encoded = []
+        for i in frames:
+            frame = jpgs[bounds[i]:bounds[i + 1]]
+            if jpeg_size(frame) != (width, height):
+                raise ValueError(f"frame {i} is not a whole {width}x{height} JPEG")
+            encoded.append(frame)
+        return _Visual(frames, encoded, tuple(d.crop), d.flip, d.rng, info)
+
+    def __call__(self, metas: list[np.ndarray], jpgs: list[np.ndarray], offsets: list[np.ndarray]) -> tuple:
+        cfg = self.config
+        samples: list[_Visual | None] = []
+        for meta, data, bounds in zip(metas, jpgs, offsets):
+            try:
+                samples.append(self.visual(meta, data, bounds))
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:  # json errors are ValueErrors
+                self.rejected += 1
+                log.warning("skipping a corrupt sample (%s: %s)", type(err).__name__, err)
+                samples.append(None)
+        F = cfg.num_frames
+        encoded = [[] for _ in range(F)]
+        anchor, window, flip, frames, crop, keys, kinds = [], [], [], [], [], [], []
+        captions, questions, answers = [], [], []
+        for s in samples:
+            if s is None:
+                for k in range(F):
+                    encoded[k].append(self.placeholder)
+                top, left, height, width = 0, 0, 16, 16
+                frames.append(np.zeros(F, np.int32))
+                keys.append(b"")
+                captions.append("")
+                question, answer, kind = "", "", "none"
+                flip.append(np.zeros((), np.int32))
+            else:
+                for k in range(F):
+                    encoded[k].append(s.encoded[k])
+                top, left, height, width = s.crop
+                frames.append(np.asarray(s.frames, np.int32))
+                keys.append(s.info["key"].encode())
+                captions.append(s.info["caption"])
+                question, answer, kind = "", "", "none"
+                if self.questions is not None:
+                    qa = self.questions(s.info["caption"], s.info.get("nouns", []), s.info.get("verbs", []),
+                                        cfg.question_type, s.rng)
+                    question, answer, kind = qa.question, qa.answer, qa.kind
+                flip.append(np.array(int(s.flip), np.int32))
+            anchor.append(np.array([left, top], np.float32))
+            window.append(np.array([width, height], np.float32))
+            crop.append(np.array([top, left, height, width], np.int32))
+            questions.append(question)
+            answers.append(answer)
+            kinds.append(np.array(KINDS.index(kind), np.uint8))
+        valid = [np.array(s is not None, np.uint8) for s in samples]
+        width = max(1, max(map(len, keys)))
+        keys = [np.frombuffer(k.ljust(width, b"\0"), np.uint8) for k in keys]
+        tokens = tokenize_texts(cfg.tokenizer, captions, questions, answers, cfg.max_text_length)
+        text = [list(tokens[name][part].numpy()) for name in ("text", "question", "answer")
+                for part in ("input_ids", "attention_mask")]
+        return (*encoded, anchor, window, flip, frames, crop, valid, keys, kinds, *text)
+
+
+# --- the pipeline ------------------------------------------------------------------------------------------------
+
+
+def default_device() -> str:
+    """``"mixed"`` (decode on the GPU) when DALI sees a CUDA device, else ``"cpu"``."""
+    from nvidia.dali.backend import GetCUDADeviceCount
+
+    return "mixed" if GetCUDADeviceCount() > 0 else "cpu"
+
+
+def build_pipeline(config: LoaderSettings, files: list[ShardFile], epoch: int, device: str, device_id: int | None,
+                   questions: QuestionBuilder | None, checkpoint: str | None = None):
+    """The DALI pipeline of one epoch on this rank (not yet built)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    cfg = config
+    mean, std = NORMALISATION[getattr(cfg, "normalisation", "imagenet")]
+    host = HostStep(cfg, epoch, questions)
+    files = epoch_shards(files, cfg.seed, epoch, cfg.train)
+
+    @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers), device_id=device_id,
+                  seed=sample_seed(cfg.seed, epoch, f"dali-rank{cfg.rank}") % 2**31, enable_checkpointing=True,
+                  prefetch_queue_depth=2)
+    def pipeline():
+        jpgs, offsets, meta = fn.readers.webdataset(
+            paths=[f.tar for f in files], index_paths=[f.index for f in files], ext=["jpgs;jpg", "offsets", "json"],
+            missing_component_behavior="empty", shard_id=cfg.rank, num_shards=cfg.world_size, stick_to_shard=True,
+            random_shuffle=cfg.train, pad_last_batch=not cfg.train, dont_use_mmap=True, name="Reader")
+        out = fn.python_function(meta, jpgs, offsets, function=host, batch_processing=True,
+                                 num_outputs=cfg.num_frames + len(HostStep.OUTPUTS))
+        encoded, rest = out[:cfg.num_frames], dict(zip(HostStep.OUTPUTS, out[cfg.num_frames:]))
+        frames = [fn.decoders.image_slice(e, rest["anchor"], rest["window"], device=device, output_type=types.RGB,
+                                          axis_names="WH", normalized_anchor=False, normalized_shape=False)
+                  for e in encoded]
+        video = fn.stack(*frames, axis_name="F")
+        video = fn.resize(video, size=[cfg.img_size, cfg.img_size], antialias=True)
+        video = fn.crop_mirror_normalize(video, mirror=rest["flip"], dtype=types.FLOAT, output_layout="FCHW",
+                                         mean=[255 * m for m in mean], std=[255 * s for s in std])
+        return (video, *(rest[name] for name in HostStep.OUTPUTS[2:]))
+
+    return pipeline(checkpoint=checkpoint), host
+
+
+OUTPUT_MAP = ("video",) + HostStep.OUTPUTS[2:]
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate samples of two pipeline batches; token ids and keys are zero-padded to the wider batch."""
+    if parts[0].dim() == 2 and len({p.shape[1] for p in parts}) > 1:
+        width = max(p.shape[1] for p in parts)
+        parts = [torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]
+    return torch.cat(parts)
+
+
+# --- the loader --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Chunk:
+    """The not yet yielded valid samples of one pipeline batch, and the DALI checkpoint taken before it."""
+
+    data: dict[str, torch.Tensor]  # valid samples only
+    start: int  # how many of them were yielded already
+    before: str  # DALI checkpoint before this pipeline batch
+    skipped: int  # samples of this pipeline batch rejected by the host step (counted once)
+
+
+class DaliLoader:
+    """Drop-in for the reference loader: same config in, :class:`Batch` out, ``state_dict`` for exact resume.
+
+    Training iterates without end, epoch after epoch (``len()`` batches each); evaluation iterates over one pass.
+    ``device`` is ``"mixed"`` (GPU decoding; batches come out on GPU ``device_id``, by default the current CUDA
+    device), ``"cpu"`` (CPU decoding, ``device_id=None``), or None to pick ``"mixed"`` whenever a GPU is visible.
+    """
+
+    def __init__(self, config: LoaderSettings, device: str | None = None, device_id: int | None = None):
+        if config.world_size < 1 or not 0 <= config.rank < config.world_size:
+            raise ValueError(f"rank {config.rank} of world size {config.world_size}")
+        self.config = config
+        self.device = device or default_device()
+        if self.device not in ("cpu", "mixed"):
+            raise ValueError(f"device must be 'cpu' or 'mixed', got {self.device!r}")
+        self.device_id = None if self.device == "cpu" else (
+            device_id if device_id is not None else torch.cuda.current_device())
+        self.files = shard_files(config.shards)
+        self.total = sum(f.samples for f in self.files)
+        per_rank = (self.total // config.world_size if config.train
+                    else rank_samples(self.total, config.rank, config.world_size))
+        self.batches_per_epoch = (per_rank // config.batch_size if config.train
+                                  else -(-per_rank // config.batch_size))
+        if self.batches_per_epoch < 1:
+            raise ValueError(f"{self.total} samples give rank {config.rank} of {config.world_size} less than one "
+                             f"batch of {config.batch_size}")
+        self.questions = (QuestionBuilder(config.tokenizer, config.question_mode)
+                          if config.question_type else None)
+        self.epoch = 0
+        self.skipped = 0  # samples rejected so far, over all epochs
+        self._batches = 0  # yielded in the current epoch
+        self._resume: tuple[str, int] | None = None  # (DALI checkpoint, valid samples to drop) for the next epoch run
+        self._chunks: list[_Chunk] = []
+        self._iterator = None
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (training: the same on every rank)."""
+        return self.batches_per_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the next batch comes from: plain data (strings and ints), for the training checkpoint."""
+        if self._chunks:
+            dali, skip = self._chunks[0].before, self._chunks[0].start
+        elif self._iterator is not None:
+            dali, skip = self._iterator.checkpoints()[0], 0
+        else:
+            dali, skip = self._resume if self._resume else (None, 0)
+        return {"epoch": self.epoch, "batches": self._batches, "dali": dali, "skip": skip,
+                "skipped": self.skipped, "world_size": self.config.world_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["world_size"] != self.config.world_size:
+            raise ValueError(f"the state was saved with {state['world_size']} ranks, this loader has "
+                             f"{self.config.world_size}: each rank's part of the data differs")
+        self._close()
+        self.epoch, self._batches, self.skipped = state["epoch"], state["batches"], state["skipped"]
+        self._resume = (state["dali"], state["skip"]) if state["dali"] is not None else None
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            yield from self._epoch()
+            if not self.config.train:
+                return
+
+    def _epoch(self) -> Iterator[Batch]:
+        while self._batches < self.batches_per_epoch:
+            batch = self._next_batch()
+            if batch is None:  # evaluation: the pass is over
+                break
+            self._batches += 1
+            yield batch
+        self._close()
+        self.epoch, self._batches = self.epoch + 1, 0
+
+    def _open(self) -> None:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        checkpoint, skip = self._resume or (None, 0)
+        self._resume = None
+        pipe, self._host = build_pipeline(self.config, self.files, self.epoch, self.device, self.device_id,
+                                          self.questions, checkpoint)
+        train = self.config.train
+        self._iterator = DALIGenericIterator(
+            pipe, list(OUTPUT_MAP), reader_name=None if train else "Reader",
+            last_batch_policy=LastBatchPolicy.PARTIAL, prepare_first_batch=False)
+        self._drop = skip
+
+    def _close(self) -> None:
+        self._iterator, self._chunks = None, []
+
+    def _fetch(self) -> bool:
+        """Append the next pipeline batch's valid samples to the chunks; False at the end of an evaluation pass."""
+        if self._iterator is None:
+            self._open()
+        before = self._iterator.checkpoints()[0]
+        try:
+            out = next(self._iterator)[0]
+        except StopIteration:
+            return False
+        valid = out.pop("valid").bool().cpu()
+        rejected = int((~valid).sum())
+        if rejected:
+            keep = valid.nonzero().squeeze(1)
+            out = {name: t.index_select(0, keep.to(t.device)) for name, t in out.items()}
+        if self._drop:  # resuming inside this pipeline batch: its rejects were counted before the checkpoint
+            rejected = 0
+        self.skipped += rejected
+        self._chunks.append(_Chunk(out, self._drop, before, rejected))
+        self._drop = 0
+        return True
+
+    def _next_batch(self) -> Batch | None:
+        size = self.config.batch_size
+        while sum(len(c.data["video"]) - c.start for c in self._chunks) < size:
+            if not self._fetch():
+                if self._chunks and any(len(c.data["video"]) > c.start for c in self._chunks):
+                    break  # evaluation: a partial last batch
+                return None
+        parts, skipped, need = [], 0, size
+        while need and self._chunks:
+            chunk = self._chunks[0]
+            take = min(need, len(chunk.data["video"]) - chunk.start)
+            parts.append({k: v[chunk.start:chunk.start + take] for k, v in chunk.data.items()})
+            skipped += chunk.skipped
+            chunk.skipped = 0
+            chunk.start += take
+            need -= take
+            if chunk.start == len(chunk.data["video"]):
+                self._chunks.pop(0)
+        data = parts[0] if len(parts) == 1 else {k: _cat([p[k] for p in parts]) for k in parts[0]}
+        return self._batch(data, skipped)
+
+    def _batch(self, data: dict[str, torch.Tensor], skipped: int) -> Batch:
+        def tokens(name: str) -> Tokens:
+            ids, mask = data[f"{name}_ids"], data[f"{name}_mask"]
+            width = int(mask.sum(1).max()) if len(mask) else 0  # rows from two pipeline batches share padding
+            return Tokens(ids[:, :width], mask[:, :width])
+
+        with_questions = self.questions is not None
+        keys = [bytes(row).rstrip(b"\0").decode() for row in data["keys"].tolist()]
+        return Batch(
+            video=data["video"], text=tokens("text"),
+            question=tokens("question") if with_questions else None,
+            answer=tokens("answer") if with_questions else None,
+            keys=keys, kinds=[KINDS[k] for k in data["kinds"].tolist()], source=self.config.source,
+            skipped=skipped, extra={"frames": data["frames"], "crop": data["crop"], "flip": data["flip"].bool()})
