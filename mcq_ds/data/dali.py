@@ -34,6 +34,7 @@ yields exactly the batches an uninterrupted one would have.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -369,12 +370,17 @@ class DaliLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """Where the next batch comes from: plain data (strings and ints), for the training checkpoint."""
+        if self._batches == self.batches_per_epoch:  # the epoch is over: the next batch starts the next one
+            return {"epoch": self.epoch + 1, "batches": 0, "dali": None, "skip": 0, "skipped": self.skipped,
+                    "world_size": self.config.world_size}
         if self._chunks:
             dali, skip = self._chunks[0].before, self._chunks[0].start
         elif self._iterator is not None:
             dali, skip = self._iterator.checkpoints()[0], 0
         else:
             dali, skip = self._resume if self._resume else (None, 0)
+        if isinstance(dali, bytes):  # DALI's serialised checkpoint; base64 keeps the state JSON-able
+            dali = base64.b64encode(dali).decode("ascii")
         return {"epoch": self.epoch, "batches": self._batches, "dali": dali, "skip": skip,
                 "skipped": self.skipped, "world_size": self.config.world_size}
 
@@ -384,7 +390,7 @@ class DaliLoader:
                              f"{self.config.world_size}: each rank's part of the data differs")
         self._close()
         self.epoch, self._batches, self.skipped = state["epoch"], state["batches"], state["skipped"]
-        self._resume = (state["dali"], state["skip"]) if state["dali"] is not None else None
+        self._resume = (base64.b64decode(state["dali"]), state["skip"]) if state["dali"] is not None else None
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -400,7 +406,7 @@ class DaliLoader:
             self._batches += 1
             yield batch
         self._close()
-        self.epoch, self._batches = self.epoch + 1, 0
+        self.epoch, self._batches, self._resume = self.epoch + 1, 0, None
 
     def _open(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
