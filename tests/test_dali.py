@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from mcq_ds.config import TextConfig
-from mcq_ds.data.batch import IMAGENET_MEAN, IMAGENET_STD
+from mcq_ds.data.batch import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from mcq_ds.data.questions import QuestionBuilder
 from mcq_ds.data.sampling import draw
 from mcq_ds.model.text_former import load_tokenizer
@@ -50,17 +50,20 @@ class Config:
     seed: int = 7
     rank: int = 0
     world_size: int = 1
-    question_type: str | None = "noun"
+    question_type: str = "noun"
     question_mode: str = "span"
+    questions: bool = True
     max_text_length: int | None = 32
     normalisation: str = "imagenet"
+    hflip: bool = True
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """A user CSV whose ids are the file stems, so keys differ between the two sources."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "caption"])
-        writer.writerows(rows)
+        writer.writerow(["path", "caption", "id"])
+        writer.writerows((media, caption, Path(media).stem) for media, caption in rows)
     return path
 
 
@@ -77,7 +80,7 @@ def data(tmp_path_factory):
         encode_image(raw / f"i{i}.jpg", width=80 + 8 * i, height=60)
         images.append((f"i{i}.jpg", CAPTIONS[i % 4]))
     for name, rows in (("webvid", videos), ("cc3m", images)):
-        convert(usercsv.read(write_csv(root / f"{name}.csv", rows), raw), root / name, name,
+        convert(usercsv.read(write_csv(root / f"{name}.csv", rows), raw, id_column="id"), root / name, name,
                 Options(shard_size=4), workers=1, progress=False)
     return root
 
@@ -105,14 +108,15 @@ def frames_of(members: dict[str, bytes]) -> list[bytes]:
     return [members["jpgs"][a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-def expected_frame(jpeg: bytes, crop: list[int], flip: bool, size: int) -> np.ndarray:
+def expected_frame(jpeg: bytes, crop: list[int], flip: bool, size: int,
+                   stats: tuple = (IMAGENET_MEAN, IMAGENET_STD)) -> np.ndarray:
     """One output frame as torchvision-style code makes it: crop, bilinear resize, flip, normalise, CHW."""
     top, left, height, width = crop
     image = Image.open(io.BytesIO(jpeg)).convert("RGB").crop((left, top, left + width, top + height))
     pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), np.float32) / 255
     if flip:
         pixels = pixels[:, ::-1]
-    return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    return ((pixels - stats[0]) / stats[1]).transpose(2, 0, 1)
 
 
 def take(loader, n: int) -> list:
@@ -133,12 +137,12 @@ def test_training_batches_follow_the_shared_draws_frame_by_frame(data, tokenizer
     its own stored frame: one crop window and one flip for all frames of a clip."""
     cfg = Config(str(data / "webvid"), tokenizer)
     loader = DaliLoader(cfg, device="cpu")
-    assert len(loader) == len(SECONDS) // cfg.batch_size
+    assert loader.batches_per_epoch == len(SECONDS) // cfg.batch_size
     samples = stored(data / "webvid")
     seen_flips, epochs = set(), set()
-    batches = take(loader, 3 * len(loader))  # three epochs
+    batches = take(loader, 3 * loader.batches_per_epoch)  # three epochs
     for n, batch in enumerate(batches):
-        epoch = n // len(loader)
+        epoch = n // loader.batches_per_epoch
         assert batch.video.shape == (4, 4, 3, SIZE, SIZE) and batch.video.dtype == torch.float32
         assert batch.source == "webvid" and batch.skipped == 0
         for i, key in enumerate(batch.keys):
@@ -191,13 +195,15 @@ def test_questions_continue_the_sample_stream_and_tokens_are_the_batch_tokenisat
 def test_evaluation_reads_every_sample_once_with_midpoint_frames_and_centre_crops(data, tokenizer):
     seen = []
     for rank in range(2):
-        cfg = Config(str(data / "webvid"), tokenizer, train=False, rank=rank, world_size=2, question_type=None)
+        cfg = Config(str(data / "webvid"), tokenizer, train=False, rank=rank, world_size=2, questions=False)
         loader = DaliLoader(cfg, device="cpu")
         batches = list(loader)
-        assert [len(b) for b in batches] == [4, 1] and len(loader) == 2
+        assert [len(b) for b in batches] == [4, 1] and loader.batches_per_epoch == 2
         for batch in batches:
-            assert batch.question is None and batch.answer is None
+            assert batch.question is None and batch.answer is None and batch.kinds == []
             assert not batch.extra["flip"].any()
+            assert batch.extra["captions"] == [[json.loads(stored(data / "webvid")[k]["json"])["caption"]]
+                                               for k in batch.keys]
             for key, frames, crop in zip(batch.keys, batch.extra["frames"], batch.extra["crop"]):
                 meta = json.loads(stored(data / "webvid")[key]["json"])
                 d = draw(cfg.seed, 0, key, meta["num_frames"], 4, meta["height"], meta["width"], False)
@@ -211,8 +217,8 @@ def test_ranks_read_disjoint_parts_and_yield_the_same_number_of_batches(data, to
     for rank in range(2):
         cfg = Config(str(data / "webvid"), tokenizer, rank=rank, world_size=2, batch_size=2)
         loader = DaliLoader(cfg, device="cpu")
-        assert len(loader) == 2
-        keys.append({k for b in take(loader, len(loader)) for k in b.keys})
+        assert loader.batches_per_epoch == 2
+        keys.append({k for b in take(loader, loader.batches_per_epoch) for k in b.keys})
     assert not keys[0] & keys[1] and len(keys[0]) == len(keys[1]) == 4
 
 
@@ -266,7 +272,7 @@ def test_corrupt_samples_are_skipped_counted_and_batches_stay_full(data, tokeniz
     tar, broken = corrupt_copy(data / "webvid", tmp_path / "broken")
     cfg = Config(str(tar), tokenizer, batch_size=3)
     loader = DaliLoader(cfg, device="cpu")
-    assert len(loader) == 3  # from the index: 10 samples
+    assert loader.batches_per_epoch == 3  # from the index: 10 samples
     batches = take(loader, 3)  # 9 good samples, but this rank's part has 6: the epoch wraps around it
     assert all(len(b) == 3 and b.video.shape[0] == 3 for b in batches)
     keys = [k for b in batches for k in b.keys]
@@ -307,17 +313,33 @@ def test_resume_inside_a_pipeline_batch_that_had_corrupt_samples(data, tokenizer
         assert resumed == straight
 
 
-def test_state_refuses_another_world_size(data, tokenizer):
+def test_a_state_from_another_layout_restarts_its_epoch(data, tokenizer):
+    """Positions saved on one world size mean other samples on another: the saved epoch starts over."""
     loader = DaliLoader(Config(str(data / "webvid"), tokenizer, batch_size=2), device="cpu")
+    take(loader, 7)  # epoch 1 of 5-batch epochs
+    assert loader.epoch == 1
+    state = loader.state_dict()
     other = DaliLoader(Config(str(data / "webvid"), tokenizer, batch_size=2, rank=1, world_size=2), device="cpu")
-    with pytest.raises(ValueError, match="ranks"):
-        other.load_state_dict(loader.state_dict())
+    with pytest.warns(RuntimeWarning, match="world_size"):
+        other.load_state_dict(state)
+    assert other.epoch == 1
+    fresh = DaliLoader(Config(str(data / "webvid"), tokenizer, batch_size=2, rank=1, world_size=2), device="cpu")
+    fresh.load_state_dict({**fresh.state_dict(), "epoch": 1})
+    assert [b.keys for b in take(other, 2)] == [b.keys for b in take(fresh, 2)]
+    with pytest.raises(ValueError, match="source"):
+        other.load_state_dict({**state, "source": "cc3m"})
 
 
-def test_clip_normalisation_and_shard_lists(data, tokenizer):
+def test_clip_normalisation_over_a_list_of_tars_and_directories(data, tokenizer):
     cfg = Config([str(data / "webvid" / "webvid-00000.tar"), str(data / "cc3m")], tokenizer, num_frames=1,
-                 normalisation="clip", train=False, question_type=None)
+                 normalisation="clip", train=False, questions=False)
     loader = DaliLoader(cfg, device="cpu")
-    assert loader.total == 4 + 6
-    batch = next(iter(loader))
-    assert batch.video.shape == (4, 1, 3, SIZE, SIZE)
+    assert loader.num_samples == 4 + 6
+    samples = {**stored(data / "webvid"), **stored(data / "cc3m")}
+    batches = list(loader)
+    assert sum(map(len, batches)) == 10
+    for batch in batches:
+        for i, key in enumerate(batch.keys):
+            frame = frames_of(samples[key])[int(batch.extra["frames"][i, 0])]
+            expected = expected_frame(frame, batch.extra["crop"][i].tolist(), False, SIZE, (CLIP_MEAN, CLIP_STD))
+            assert np.abs(batch.video[i, 0].numpy() - expected).mean() < 0.12

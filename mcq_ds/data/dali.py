@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,8 @@ import numpy as np
 import torch
 
 from .batch import NORMALISATION, Batch, Tokens
-from .questions import QuestionBuilder, tokenize_texts
-from .sampling import draw, sample_seed
+from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts
+from .sampling import CropBox, draw, sample_seed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KINDS = ("noun", "verb", "none")
+STATE_VERSION = 1
 
 
 class LoaderSettings(Protocol):
@@ -73,10 +75,12 @@ class LoaderSettings(Protocol):
     rank: int
     world_size: int
     tokenizer: PreTrainedTokenizerBase
-    question_type: str | None
+    question_type: str
     question_mode: str
+    questions: bool
     max_text_length: int | None
     normalisation: str
+    hflip: bool
 
 
 # --- shards ------------------------------------------------------------------------------------------------------
@@ -161,105 +165,95 @@ def _placeholder_jpeg() -> np.ndarray:
     return np.frombuffer(out.getvalue(), np.uint8)
 
 
-@dataclass
-class _Visual:
-    frames: list[int]
+class _Sample(NamedTuple):
+    """One sample after the host step's checks: the chosen frames' JPEG bytes and what the batch needs."""
+
+    plan: list[int]  # stored frame of each output frame
     encoded: list[np.ndarray]
-    crop: tuple[int, int, int, int]  # top, left, height, width
+    crop: CropBox
     flip: bool
-    rng: random.Random
-    info: dict
+    meta: dict
+    qa: QuestionAnswer | None
+
+
+def _padded(rows: list[bytes]) -> list[np.ndarray]:
+    """Byte strings as equal-length uint8 rows (DALI's iterator needs dense outputs)."""
+    width = max(1, max(map(len, rows)))
+    return [np.frombuffer(r.ljust(width, b"\0"), np.uint8) for r in rows]
 
 
 class HostStep:
     """The per-batch Python step of the pipeline (see the module docstring). One instance per epoch pipeline:
     the epoch is part of every sample's random draws."""
 
-    OUTPUTS = ("anchor", "window", "flip", "frames", "crop", "valid", "keys", "kinds",
+    OUTPUTS = ("anchor", "window", "flip", "frames", "crop", "valid", "keys", "kinds", "captions",
                "text_ids", "text_mask", "question_ids", "question_mask", "answer_ids", "answer_mask")
 
     def __init__(self, config: LoaderSettings, epoch: int, questions: QuestionBuilder | None):
         self.config, self.epoch, self.questions = config, epoch, questions
         self.placeholder = _placeholder_jpeg()
-        self.rejected = 0
 
-    def visual(self, meta: np.ndarray, jpgs: np.ndarray, offsets: np.ndarray) -> _Visual:
-        """Draws and chosen frames of one sample; raises ValueError (or KeyError, json errors) when it is corrupt."""
+    def sample(self, raw_meta: np.ndarray, jpgs: np.ndarray, offsets: np.ndarray) -> _Sample:
+        """Draws, chosen frames and question of one sample; raises ValueError or KeyError when it is corrupt."""
         cfg = self.config
-        info = json.loads(meta.tobytes())
+        meta = json.loads(raw_meta.tobytes())  # JSONDecodeError is a ValueError
         if offsets.size:
             if offsets.size % 4:
-                raise ValueError("offsets member is not int32")
+                raise ValueError("the offsets member is not int32")
             bounds = offsets.view("<i4")
-        else:  # an image: one frame
+        else:  # an image (or a clip that lost its offsets, which the frame count below catches)
             bounds = np.array([0, jpgs.size], np.int64)
         count = len(bounds) - 1
-        if count < 1 or bounds[0] != 0 or bounds[-1] != jpgs.size or np.any(np.diff(bounds) <= 0):
-            raise ValueError(f"offsets do not describe the {jpgs.size}-byte frames member")
-        if count != info.get("num_frames", 1):
-            raise ValueError(f"{count} frames stored, json says {info.get('num_frames')}")
-        width, height = int(info["width"]), int(info["height"])
-        d = draw(cfg.seed, self.epoch, info["key"], count, cfg.num_frames, height, width, cfg.train,
-                 getattr(cfg, "hflip", True))
-        frames = d.frames + [d.frames[-1]] * (cfg.num_frames - len(d.frames))  # a clip shorter than F: repeat
+        if bounds[0] != 0 or bounds[-1] != jpgs.size or np.any(np.diff(bounds) <= 0):
+            raise ValueError(f"offsets do not cut the {jpgs.size}-byte media member into frames")
+        if count != meta.get("num_frames", 1):
+            raise ValueError(f"{count} frames stored, the json says {meta.get('num_frames')}")
+        width, height = int(meta["width"]), int(meta["height"])
+        d = draw(cfg.seed, self.epoch, meta["key"], count, cfg.num_frames, height, width, cfg.train, cfg.hflip)
+        plan = d.frames + [d.frames[-1]] * (cfg.num_frames - len(d.frames))  # short clips repeat their last frame
         encoded = []
-        for i in frames:
+        for i in plan:
             frame = jpgs[bounds[i]:bounds[i + 1]]
-            if jpeg_size(frame) != (width, height):
-                raise ValueError(f"frame {i} is not a whole {width}x{height} JPEG")
+            if jpeg_size(frame) != (width, height):  # the decoder would stop the pipeline on it
+                raise ValueError(f"stored frame {i} is not a whole {width}x{height} JPEG")
             encoded.append(frame)
-        return _Visual(frames, encoded, tuple(d.crop), d.flip, d.rng, info)
+        qa = None
+        if self.questions is not None:
+            qa = self.questions(meta["caption"], meta.get("nouns", []), meta.get("verbs", []), cfg.question_type,
+                                d.rng)
+        return _Sample(plan, encoded, d.crop, d.flip, meta, qa)
 
     def __call__(self, metas: list[np.ndarray], jpgs: list[np.ndarray], offsets: list[np.ndarray]) -> tuple:
         cfg = self.config
-        samples: list[_Visual | None] = []
-        for meta, data, bounds in zip(metas, jpgs, offsets):
+        samples: list[_Sample | None] = []
+        for raw_meta, data, bounds in zip(metas, jpgs, offsets):
             try:
-                samples.append(self.visual(meta, data, bounds))
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:  # json errors are ValueErrors
-                self.rejected += 1
-                log.warning("skipping a corrupt sample (%s: %s)", type(err).__name__, err)
+                samples.append(self.sample(raw_meta, data, bounds))
+            except (ValueError, KeyError, TypeError) as err:
+                log.warning("%s: skipping a corrupt sample: %s: %s", cfg.source, type(err).__name__, err)
                 samples.append(None)
-        F = cfg.num_frames
-        encoded = [[] for _ in range(F)]
-        anchor, window, flip, frames, crop, keys, kinds = [], [], [], [], [], [], []
-        captions, questions, answers = [], [], []
-        for s in samples:
-            if s is None:
-                for k in range(F):
-                    encoded[k].append(self.placeholder)
-                top, left, height, width = 0, 0, 16, 16
-                frames.append(np.zeros(F, np.int32))
-                keys.append(b"")
-                captions.append("")
-                question, answer, kind = "", "", "none"
-                flip.append(np.zeros((), np.int32))
-            else:
-                for k in range(F):
-                    encoded[k].append(s.encoded[k])
-                top, left, height, width = s.crop
-                frames.append(np.asarray(s.frames, np.int32))
-                keys.append(s.info["key"].encode())
-                captions.append(s.info["caption"])
-                question, answer, kind = "", "", "none"
-                if self.questions is not None:
-                    qa = self.questions(s.info["caption"], s.info.get("nouns", []), s.info.get("verbs", []),
-                                        cfg.question_type, s.rng)
-                    question, answer, kind = qa.question, qa.answer, qa.kind
-                flip.append(np.array(int(s.flip), np.int32))
-            anchor.append(np.array([left, top], np.float32))
-            window.append(np.array([width, height], np.float32))
-            crop.append(np.array([top, left, height, width], np.int32))
-            questions.append(question)
-            answers.append(answer)
-            kinds.append(np.array(KINDS.index(kind), np.uint8))
+        # A rejected sample is decoded as a 16x16 placeholder and dropped after the pipeline.
+        blank = _Sample([0] * cfg.num_frames, [self.placeholder] * cfg.num_frames, CropBox(0, 0, 16, 16), False,
+                        {"key": "", "caption": ""}, None)
+        rows = [s or blank for s in samples]
+        encoded = [[s.encoded[k] for s in rows] for k in range(cfg.num_frames)]
+        anchor = [np.array([s.crop.left, s.crop.top], np.float32) for s in rows]
+        window = [np.array([s.crop.width, s.crop.height], np.float32) for s in rows]
+        flip = [np.array(s.flip, np.int32) for s in rows]
+        frames = [np.array(s.plan, np.int64) for s in rows]
+        crop = [np.array(s.crop, np.int64) for s in rows]
         valid = [np.array(s is not None, np.uint8) for s in samples]
-        width = max(1, max(map(len, keys)))
-        keys = [np.frombuffer(k.ljust(width, b"\0"), np.uint8) for k in keys]
-        tokens = tokenize_texts(cfg.tokenizer, captions, questions, answers, cfg.max_text_length)
+        keys = _padded([s.meta["key"].encode() for s in rows])
+        kinds = [np.array(KINDS.index(s.qa.kind if s.qa else "none"), np.uint8) for s in rows]
+        # Evaluation keeps every caption of a video (MSR-VTT has 20), as the reference loader's extra["captions"].
+        captions = _padded([b"" if cfg.train else json.dumps(s.meta.get("captions", [s.meta["caption"]])).encode()
+                            for s in rows])
+        tokens = tokenize_texts(cfg.tokenizer, [s.meta["caption"] for s in rows],
+                                [s.qa.question if s.qa else "" for s in rows],
+                                [s.qa.answer if s.qa else "" for s in rows], cfg.max_text_length)
         text = [list(tokens[name][part].numpy()) for name in ("text", "question", "answer")
                 for part in ("input_ids", "attention_mask")]
-        return (*encoded, anchor, window, flip, frames, crop, valid, keys, kinds, *text)
+        return (*encoded, anchor, window, flip, frames, crop, valid, keys, kinds, captions, *text)
 
 
 # --- the pipeline ------------------------------------------------------------------------------------------------
@@ -302,7 +296,7 @@ def build_pipeline(config: LoaderSettings, files: list[ShardFile], epoch: int, d
                                          mean=[255 * m for m in mean], std=[255 * s for s in std])
         return (video, *(rest[name] for name in HostStep.OUTPUTS[2:]))
 
-    return pipeline(checkpoint=checkpoint), host
+    return pipeline(checkpoint=checkpoint)
 
 
 OUTPUT_MAP = ("video",) + HostStep.OUTPUTS[2:]
@@ -330,16 +324,17 @@ class _Chunk:
 
 
 class DaliLoader:
-    """Drop-in for the reference loader: same config in, :class:`Batch` out, ``state_dict`` for exact resume.
+    """Drop-in for the reference loader (``mcq_ds.data.loader.ShardLoader``): the same config in, :class:`Batch`
+    out, ``state_dict``/``load_state_dict`` for exact resume, ``batches_per_epoch`` and ``epoch``.
 
-    Training iterates without end, epoch after epoch (``len()`` batches each); evaluation iterates over one pass.
+    Training iterates without end, epoch after epoch; evaluation iterates over one pass per ``iter``.
     ``device`` is ``"mixed"`` (GPU decoding; batches come out on GPU ``device_id``, by default the current CUDA
-    device), ``"cpu"`` (CPU decoding, ``device_id=None``), or None to pick ``"mixed"`` whenever a GPU is visible.
+    device), ``"cpu"`` (CPU decoding, ``device_id=None``), or None: ``"mixed"`` whenever DALI sees a GPU.
     """
 
     def __init__(self, config: LoaderSettings, device: str | None = None, device_id: int | None = None):
         if config.world_size < 1 or not 0 <= config.rank < config.world_size:
-            raise ValueError(f"rank {config.rank} of world size {config.world_size}")
+            raise ValueError(f"rank {config.rank} is not in a world of {config.world_size}")
         self.config = config
         self.device = device or default_device()
         if self.device not in ("cpu", "mixed"):
@@ -347,58 +342,78 @@ class DaliLoader:
         self.device_id = None if self.device == "cpu" else (
             device_id if device_id is not None else torch.cuda.current_device())
         self.files = shard_files(config.shards)
-        self.total = sum(f.samples for f in self.files)
-        per_rank = (self.total // config.world_size if config.train
-                    else rank_samples(self.total, config.rank, config.world_size))
-        self.batches_per_epoch = (per_rank // config.batch_size if config.train
-                                  else -(-per_rank // config.batch_size))
-        if self.batches_per_epoch < 1:
-            raise ValueError(f"{self.total} samples give rank {config.rank} of {config.world_size} less than one "
-                             f"batch of {config.batch_size}")
-        self.questions = (QuestionBuilder(config.tokenizer, config.question_mode)
-                          if config.question_type else None)
-        self.epoch = 0
+        self.num_samples = sum(f.samples for f in self.files)
+        if config.train:  # the same on every rank, so that no rank waits in a collective for one that ran dry
+            self.batches_per_epoch = self.num_samples // config.world_size // config.batch_size
+        else:
+            self.batches_per_epoch = -(-rank_samples(self.num_samples, config.rank, config.world_size)
+                                       // config.batch_size)
+        if config.train and self.batches_per_epoch < 1:
+            raise ValueError(f"{config.source}: {self.num_samples} samples cannot give each of {config.world_size} "
+                             f"ranks a batch of {config.batch_size}")
+        self.questions = QuestionBuilder(config.tokenizer, config.question_mode) if config.questions else None
         self.skipped = 0  # samples rejected so far, over all epochs
-        self._batches = 0  # yielded in the current epoch
-        self._resume: tuple[str, int] | None = None  # (DALI checkpoint, valid samples to drop) for the next epoch run
+        self._epoch = 0  # of the pipeline being read
+        self._batches = 0  # yielded in that epoch
+        self._resume: tuple[bytes, int] | None = None  # (DALI checkpoint, valid samples to drop) for the next pipeline
         self._chunks: list[_Chunk] = []
         self._iterator = None
 
-    def __len__(self) -> int:
-        """Batches per epoch on this rank (training: the same on every rank)."""
-        return self.batches_per_epoch
+    @property
+    def epoch(self) -> int:
+        """The epoch of the next batch."""
+        return self._epoch + (self._batches == self.batches_per_epoch)
+
+    def _layout(self) -> dict[str, Any]:
+        """What a saved position depends on: with another layout the same position means other samples."""
+        cfg = self.config
+        return {"world_size": cfg.world_size, "batch_size": cfg.batch_size, "samples": self.num_samples,
+                "shards": [os.path.basename(f.tar) for f in self.files], "seed": cfg.seed,
+                "num_frames": cfg.num_frames}
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the next batch comes from: plain data (strings and ints), for the training checkpoint."""
+        """Where the next batch comes from, as plain data (the DALI checkpoint base64-encoded), for the training
+        checkpoint."""
         if self._batches == self.batches_per_epoch:  # the epoch is over: the next batch starts the next one
-            return {"epoch": self.epoch + 1, "batches": 0, "dali": None, "skip": 0, "skipped": self.skipped,
-                    "world_size": self.config.world_size}
-        if self._chunks:
-            dali, skip = self._chunks[0].before, self._chunks[0].start
-        elif self._iterator is not None:
-            dali, skip = self._iterator.checkpoints()[0], 0
+            epoch, batches, dali, skip = self._epoch + 1, 0, None, 0
         else:
-            dali, skip = self._resume if self._resume else (None, 0)
-        if isinstance(dali, bytes):  # DALI's serialised checkpoint; base64 keeps the state JSON-able
-            dali = base64.b64encode(dali).decode("ascii")
-        return {"epoch": self.epoch, "batches": self._batches, "dali": dali, "skip": skip,
-                "skipped": self.skipped, "world_size": self.config.world_size}
+            epoch, batches = self._epoch, self._batches
+            if self._chunks:
+                dali, skip = self._chunks[0].before, self._chunks[0].start
+            elif self._iterator is not None:
+                dali, skip = self._iterator.checkpoints()[0], 0
+            else:
+                dali, skip = self._resume or (None, 0)
+        return {"version": STATE_VERSION, "source": self.config.source, "layout": self._layout(), "epoch": epoch,
+                "batches": batches, "dali": None if dali is None else base64.b64encode(dali).decode("ascii"),
+                "skip": skip, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["world_size"] != self.config.world_size:
-            raise ValueError(f"the state was saved with {state['world_size']} ranks, this loader has "
-                             f"{self.config.world_size}: each rank's part of the data differs")
+        """Continue from ``state`` at the next ``iter(loader)``: exactly where it stopped when saved with the same
+        layout; otherwise (another world size, batch size, data or seed) from the start of the saved epoch, with
+        a warning, as the reference loader does."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')!r}, this loader reads {STATE_VERSION}")
+        if state["source"] != self.config.source:
+            raise ValueError(f"loader state of source {state['source']!r} given to the {self.config.source!r} loader")
         self._close()
-        self.epoch, self._batches, self.skipped = state["epoch"], state["batches"], state["skipped"]
-        self._resume = (base64.b64decode(state["dali"]), state["skip"]) if state["dali"] is not None else None
+        self._epoch, self.skipped = state["epoch"], state["skipped"]
+        if state["layout"] == self._layout():
+            self._batches = state["batches"]
+            self._resume = None if state["dali"] is None else (base64.b64decode(state["dali"]), state["skip"])
+            return
+        changed = sorted(k for k, v in self._layout().items() if state["layout"].get(k) != v)
+        warnings.warn(f"{self.config.source}: loader state saved with a different {', '.join(changed)}; restarting "
+                      f"epoch {state['epoch']} from its beginning", RuntimeWarning, stacklevel=2)
+        self._batches, self._resume = 0, None
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
-            yield from self._epoch()
+            yield from self._read_epoch()
             if not self.config.train:
                 return
 
-    def _epoch(self) -> Iterator[Batch]:
+    def _read_epoch(self) -> Iterator[Batch]:
         while self._batches < self.batches_per_epoch:
             batch = self._next_batch()
             if batch is None:  # evaluation: the pass is over
@@ -406,15 +421,15 @@ class DaliLoader:
             self._batches += 1
             yield batch
         self._close()
-        self.epoch, self._batches, self._resume = self.epoch + 1, 0, None
+        self._epoch, self._batches, self._resume = self._epoch + 1, 0, None
 
     def _open(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         checkpoint, skip = self._resume or (None, 0)
         self._resume = None
-        pipe, self._host = build_pipeline(self.config, self.files, self.epoch, self.device, self.device_id,
-                                          self.questions, checkpoint)
+        pipe = build_pipeline(self.config, self.files, self._epoch, self.device, self.device_id, self.questions,
+                              checkpoint)
         train = self.config.train
         self._iterator = DALIGenericIterator(
             pipe, list(OUTPUT_MAP), reader_name=None if train else "Reader",
@@ -469,14 +484,18 @@ class DaliLoader:
     def _batch(self, data: dict[str, torch.Tensor], skipped: int) -> Batch:
         def tokens(name: str) -> Tokens:
             ids, mask = data[f"{name}_ids"], data[f"{name}_mask"]
-            width = int(mask.sum(1).max()) if len(mask) else 0  # rows from two pipeline batches share padding
+            width = int(mask.sum(1).max())  # samples of two pipeline batches came with two paddings
             return Tokens(ids[:, :width], mask[:, :width])
 
-        with_questions = self.questions is not None
-        keys = [bytes(row).rstrip(b"\0").decode() for row in data["keys"].tolist()]
+        def strings(rows: torch.Tensor) -> list[str]:
+            return [bytes(row).rstrip(b"\0").decode() for row in rows.tolist()]
+
+        questions = self.questions is not None
+        extra = {"frames": data["frames"], "crop": data["crop"], "flip": data["flip"].bool()}
+        if not self.config.train:
+            extra["captions"] = [json.loads(c) for c in strings(data["captions"])]
         return Batch(
-            video=data["video"], text=tokens("text"),
-            question=tokens("question") if with_questions else None,
-            answer=tokens("answer") if with_questions else None,
-            keys=keys, kinds=[KINDS[k] for k in data["kinds"].tolist()], source=self.config.source,
-            skipped=skipped, extra={"frames": data["frames"], "crop": data["crop"], "flip": data["flip"].bool()})
+            video=data["video"], text=tokens("text"), question=tokens("question") if questions else None,
+            answer=tokens("answer") if questions else None, keys=strings(data["keys"]),
+            kinds=[KINDS[k] for k in data["kinds"].tolist()] if questions else [], source=self.config.source,
+            skipped=skipped, extra=extra)
