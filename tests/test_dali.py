@@ -343,3 +343,37 @@ def test_clip_normalisation_over_a_list_of_tars_and_directories(data, tokenizer)
             frame = frames_of(samples[key])[int(batch.extra["frames"][i, 0])]
             expected = expected_frame(frame, batch.extra["crop"][i].tolist(), False, SIZE, (CLIP_MEAN, CLIP_STD))
             assert np.abs(batch.video[i, 0].numpy() - expected).mean() < 0.12
+
+
+def test_same_frames_crops_and_pixels_as_the_reference_loader(data, tokenizer):
+    """Both loaders over the same shards, seed and epoch: every sample gets the same frames and nearly the same
+    pixels (two JPEG decoders and two antialiased resizers), and the same question tokens."""
+    reference = pytest.importorskip("mcq_ds.data.loader")
+    cfg = reference.LoaderConfig(shards=str(data / "webvid"), source="webvid", tokenizer=tokenizer, batch_size=2,
+                                 workers=0, img_size=SIZE, seed=3, rank=0, world_size=1, max_text_length=32)
+    ref = {k: (b, i) for b in take(reference.ShardLoader(cfg), 5) for i, k in enumerate(b.keys)}
+    ours = {k: (b, i) for b in take(DaliLoader(cfg, device="cpu"), 5) for i, k in enumerate(b.keys)}
+    assert ref.keys() == ours.keys() == set(stored(data / "webvid"))
+    for key, (b, i) in ours.items():
+        r, j = ref[key]
+        assert b.extra["frames"][i].tolist() == r.extra["frames"][j].tolist()
+        assert (b.video[i] - r.video[j]).abs().mean() < 0.05
+        q, rq = b.question.ids[i][b.question.mask[i].bool()], r.question.ids[j][r.question.mask[j].bool()]
+        assert q.tolist() == rq.tolist()
+
+
+def gpus() -> int:
+    from nvidia.dali.backend import GetCUDADeviceCount
+
+    return GetCUDADeviceCount()
+
+
+@pytest.mark.skipif(gpus() == 0, reason="no GPU here: run on a GPU machine to check nvJPEG decoding")
+def test_gpu_decoding_gives_the_cpu_batches_on_the_gpu(data, tokenizer):
+    cfg = Config(str(data / "webvid"), tokenizer)
+    cpu = take(DaliLoader(cfg, device="cpu"), 2)
+    gpu = take(DaliLoader(cfg, device="mixed", device_id=0), 2)
+    for c, g in zip(cpu, gpu):
+        assert g.video.device.type == "cuda" and g.keys == c.keys
+        assert torch.equal(g.extra["frames"], c.extra["frames"]) and torch.equal(g.question.ids, c.question.ids)
+        assert (g.video.cpu() - c.video).abs().mean() < 0.05  # nvJPEG and libjpeg-turbo differ in rounding

@@ -45,7 +45,7 @@ class OpenCVSeekClips(Dataset):
             from PIL import Image
 
             with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"))
+                pixels = np.array(image.convert("RGB"))
             frames = torch.from_numpy(pixels).permute(2, 0, 1)[None]
         else:
             frames = self._seek_frames(path, random.Random(f"{self.seed}:{i}"))
