@@ -281,9 +281,11 @@ def test_corrupt_samples_are_skipped_counted_and_batches_stay_full(data, tokeniz
 
 
 def resume_run(cfg, stop: int, total: int) -> tuple[list, list]:
-    """(keys, pixel sums) of `total` batches, once without a break and once resumed after `stop` batches."""
+    """Keys, pixel sums, frames and questions of `total` batches, once without a break and once resumed after
+    `stop` batches."""
     def summary(batch):
-        return batch.keys, float(batch.video.double().sum()), batch.extra["frames"].tolist(), batch.question.ids.tolist()
+        return (batch.keys, float(batch.video.double().sum()), batch.extra["frames"].tolist(),
+                batch.question.ids.tolist())
 
     straight = [summary(b) for b in take(DaliLoader(cfg, device="cpu"), total)]
     first = DaliLoader(cfg, device="cpu")

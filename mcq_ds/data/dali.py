@@ -140,8 +140,8 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
     """(width, height) from a JPEG's frame header, or None when the bytes are not one whole JPEG (no start or end
     marker, or no frame header). Reads the marker segments only, not the image data."""
-    raw = data.tobytes() if len(data) < 4096 else data[:4096].tobytes()  # the frame header comes first
-    if len(data) < 4 or raw[:2] != b"\xff\xd8" or data[-2] != 0xFF or data[-1] != 0xD9:
+    raw = memoryview(data)
+    if len(raw) < 4 or raw[0] != 0xFF or raw[1] != 0xD8 or raw[-2] != 0xFF or raw[-1] != 0xD9:
         return None
     at = 2
     while at + 9 <= len(raw):
@@ -150,7 +150,7 @@ def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
         marker = raw[at + 1]
         if marker in _SOF:
             return int.from_bytes(raw[at + 7:at + 9], "big"), int.from_bytes(raw[at + 5:at + 7], "big")
-        at += 2 + int.from_bytes(raw[at + 2:at + 4], "big")
+        at += 2 + int.from_bytes(raw[at + 2:at + 4], "big")  # the segment's length field counts itself
     return None
 
 
@@ -267,12 +267,12 @@ def default_device() -> str:
 
 
 def build_pipeline(config: LoaderSettings, files: list[ShardFile], epoch: int, device: str, device_id: int | None,
-                   questions: QuestionBuilder | None, checkpoint: str | None = None):
+                   questions: QuestionBuilder | None, checkpoint: bytes | None = None):
     """The DALI pipeline of one epoch on this rank (not yet built)."""
     from nvidia.dali import fn, pipeline_def, types
 
     cfg = config
-    mean, std = NORMALISATION[getattr(cfg, "normalisation", "imagenet")]
+    mean, std = NORMALISATION[cfg.normalisation]
     host = HostStep(cfg, epoch, questions)
     files = epoch_shards(files, cfg.seed, epoch, cfg.train)
 
@@ -319,7 +319,7 @@ class _Chunk:
 
     data: dict[str, torch.Tensor]  # valid samples only
     start: int  # how many of them were yielded already
-    before: str  # DALI checkpoint before this pipeline batch
+    before: bytes  # DALI checkpoint before this pipeline batch
     skipped: int  # samples of this pipeline batch rejected by the host step (counted once)
 
 
