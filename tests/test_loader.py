@@ -343,3 +343,30 @@ def test_shard_lists_and_clear_errors(converted, tokenizer):
         _loader(converted, tokenizer, source="webvid").load_state_dict(loader.state_dict())
     with pytest.raises(TypeError, match="training loaders"):
         _loader(converted, tokenizer, train=False).state_dict()
+
+
+def test_index_offsets_match_the_tar_headers_with_long_names(tmp_path):
+    """Seeking into a shard uses the DALI index; GNU long names (over 100 bytes) put extra blocks before a
+    member's header, which the offsets must include."""
+    from mcq_ds.data.loader import sample_offsets
+    from shards.tario import index_text
+
+    path = tmp_path / "long.tar"
+    writer = ShardWriter(path)
+    for i, key in enumerate(["short", "x" * 120, "y" * 95, "z" * 600, "end"]):
+        writer.write(key, {"json": b"{}" * (i + 1), "txt": b"a" * 700})
+    writer.close()
+    index = tmp_path / "long.idx"
+    index.write_text(index_text(path))
+    assert sample_offsets(str(path), str(index)) == sample_offsets(str(path), None)
+
+
+def test_a_truncated_shard_skips_the_rest_of_its_samples(converted, tokenizer, tmp_path):
+    source = resolve_shards(converted)[0]
+    data = Path(source.path).read_bytes()
+    cut = tmp_path / "cut-00000.tar"
+    cut.write_bytes(data[: len(data) * 3 // 5])
+    (tmp_path / "cut-00000.idx").write_text(Path(source.index).read_text())  # still lists all 5 samples
+    loader = _loader(str(cut), tokenizer, train=False, workers=0, batch_size=1)
+    batches = list(loader)
+    assert 1 <= len(batches) < 5 and sum(len(b) for b in batches) + batches[-1].skipped == 5

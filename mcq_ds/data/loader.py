@@ -12,10 +12,11 @@ How the data is split (`ShardLoader` docstring has the reasons):
   (in order for evaluation). The sequence is cut into `world_size × workers` contiguous, near-equal ranges, one
   per (rank, worker) "slot"; a slot seeks straight to its range's first sample (byte offsets from the shard's
   `.idx`), so the split is balanced to one sample whatever the shard sizes.
-* Training: every slot yields exactly `worker_batches = (samples // slots) // batch_size` batches per epoch, so
-  every rank yields `batches_per_epoch` batches and the engine's collectives never wait on a rank that ran dry.
-  Undecodable samples are replaced by reading on (past the range end, wrapping), never by black frames. The
-  stream is infinite: epoch after epoch.
+* Training: a slot reads its range shuffled in blocks of `shuffle_block` samples, and yields exactly
+  `worker_batches = (samples // slots) // batch_size` batches per epoch, so every rank yields
+  `batches_per_epoch` batches and the engine's collectives never wait on a rank that ran dry. Undecodable
+  samples are replaced by reading on past the range end (in order, wrapping around the epoch's sequence), never
+  by black frames. The stream is endless: epoch after epoch.
 * Evaluation: every sample exactly once over all ranks and workers, in order, the last batch partial.
 
 Every random choice comes from `sampling.draw(seed, epoch, key)` or from hashes of (seed, epoch, slot, block),
@@ -25,6 +26,7 @@ makes exactly the choices an uninterrupted one would have made.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import logging
 import os
@@ -292,10 +294,7 @@ class ShardStream(IterableDataset):
         logical = ((info.id if info else 0) + self.first_worker) % self.workers
         slot = self.rank * self.workers + logical
         if not self.cfg.train:
-            items = self._items(0, slot, 0)
-            while filled := self._fill(items):
-                if filled[0]:  # skips after the last sample have no batch to be counted in; they are logged
-                    yield {**self._collate(filled[0], filled[1]), "worker": logical, "cursor": None}
+            yield from self._eval_batches(self._items(0, slot, 0), logical)
             return
         epoch, done, position = self.cursors[logical]
         while True:
@@ -307,6 +306,22 @@ class ShardStream(IterableDataset):
                 position, done = position + consumed, done + 1
                 yield {**self._collate(samples, skipped), "worker": logical,
                        "cursor": Cursor(epoch, done, position)}
+
+    def _eval_batches(self, items: Iterator[_Sample | Skip], logical: int) -> Iterator[dict]:
+        """Batches until the range ends; each is held back until the next fill, so that skips after the last
+        sample are counted in the last batch (only a range with no usable sample at all goes uncounted, logged)."""
+        held = None
+        while filled := self._fill(items):
+            samples, skipped, _ = filled
+            if not samples:
+                if held is not None:
+                    held["skipped"] += skipped
+                continue
+            if held is not None:
+                yield held
+            held = {**self._collate(samples, skipped), "worker": logical, "cursor": None}
+        if held is not None:
+            yield held
 
     def _items(self, epoch: int, slot: int, position: int) -> Iterator[_Sample | Skip]:
         """The stage chain: rendered samples (or skips) of `slot`'s stream in `epoch`, from `position` on.
@@ -455,7 +470,7 @@ class ShardStream(IterableDataset):
     def _collate(self, samples: list[_Sample], skipped: int) -> dict:
         cfg = self.cfg
         captions = [s.caption for s in samples]
-        video = normalise(torch.stack([s.video for s in samples]), cfg.normalisation)
+        video = normalise([s.video for s in samples], cfg.normalisation)
         question = answer = None
         if cfg.questions:
             tokens = tokenize_texts(cfg.tokenizer, captions, [s.qa.question for s in samples],
@@ -581,8 +596,9 @@ class ShardLoader:
 
     def _layout(self) -> dict:
         cfg = self.cfg
+        names = "\n".join(f"{os.path.basename(s.path)} {s.samples}" for s in self.shards)
         return {"world_size": self.world_size, "workers": self.workers, "batch_size": cfg.batch_size,
-                "samples": self.num_samples, "shards": [os.path.basename(s.path) for s in self.shards],
+                "samples": self.num_samples, "shards": hashlib.blake2b(names.encode(), digest_size=8).hexdigest(),
                 "seed": cfg.seed, "shuffle_block": cfg.shuffle_block}
 
     def _stream_for(self, cursors: Sequence[Cursor], first_worker: int = 0) -> ShardStream:
