@@ -28,8 +28,7 @@ from shards.frames import segment_frames
 from shards.sources import usercsv
 from shards.tario import ShardWriter, samples as tar_samples
 
-# Colour words with shapes, so that spaCy finds noun phrases (the converter rejects captions without one) and
-# some verb phrases.
+# Captions in which spaCy finds noun phrases (the converter rejects a caption without one), and some verb phrases.
 CAPTIONS = ["a red square is moving across a green field", "a small dog runs on the beach",
             "two people are dancing in a large hall", "a white car drives down the road",
             "an old man is reading a newspaper", "a cat sleeps on the sofa", "children play with a ball",

@@ -392,7 +392,7 @@ class ShardStream(IterableDataset):
                     read += 1
                     if read == n:
                         return
-                reason = f"the shard ends after {first + read} of the {shard.samples} samples its manifest/index lists"
+                reason = f"the shard ends after {first + read} of the {shard.samples} samples listed for it"
             except Exception as err:  # tarfile raises several types for a damaged archive; all mean "unreadable"
                 reason = f"unreadable tar after sample {first + read}: {type(err).__name__}: {err}"
         for k in range(read, n):
@@ -517,8 +517,8 @@ class ShardLoader:
     Why the split is by contiguous sample ranges rather than by whole shards (webdataset's split_by_node /
     split_by_worker): with whole shards, ranks differ by up to a shard's worth of samples, so equal batch counts
     per rank would drop that much from every other rank each epoch (10 % of WebVid's 2,500 shards of 1,000
-    samples over 40 ranks × 8 workers), or wrap around and repeat it. Ranges are balanced to one sample, so an epoch drops fewer than
-    `batch_size` samples per slot, and which ones changes every epoch with the shard order.
+    samples over 40 ranks × 8 workers), or wrap around and repeat it. Ranges are balanced to one sample, so an
+    epoch drops fewer than `batch_size` samples per slot, and which ones changes every epoch with the shard order.
 
     Exact resume: DataLoader hands out worker batches strictly round robin, and every training worker is
     endless, so batch k comes from logical worker k % workers. Each batch carries its worker's cursor (epoch,
