@@ -25,7 +25,9 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, TextIO
+from typing import (
+    TYPE_CHECKING, Any, Callable, Concatenate, Literal, Mapping, ParamSpec, Sequence, TextIO,
+)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -51,6 +53,7 @@ _MAX_TAG_VALUE = 8000
 _NOT_IN_NAMES = re.compile(r"[^/\w.\- :]")
 
 Status = Literal["FINISHED", "FAILED", "KILLED"]
+P = ParamSpec("P")
 
 
 def _now_ms() -> int:
@@ -156,11 +159,13 @@ def _apply(client: MlflowClient, run_id: str, event: dict[str, Any], logged: dic
         client.set_terminated(run_id, event["status"], event["time_ms"])
 
 
-def _active_only(method: Callable[..., None]) -> Callable[..., None]:
+def _active_only(
+    method: Callable[Concatenate[Tracker, P], None],
+) -> Callable[Concatenate[Tracker, P], None]:
     """Make a method a no-op on ranks other than 0 and after close()."""
 
     @functools.wraps(method)
-    def run_if_active(self: Tracker, *args: Any, **kwargs: Any) -> None:
+    def run_if_active(self: Tracker, *args: P.args, **kwargs: P.kwargs) -> None:
         if self._record is not None:
             method(self, *args, **kwargs)
 
