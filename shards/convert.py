@@ -51,7 +51,7 @@ class Options:
 
     shard_size: int = 1000
     image_size: int = 256
-    jpeg_quality: int = 90
+    jpeg_quality: int = 80
     fps: float = 2.0
     min_frames: int = 8
     max_frames: int = 32
