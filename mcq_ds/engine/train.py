@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..data.loader import LoaderConfig
 from ..loss import MCQLoss
 from ..model import MCQ, load_pretrained, load_tokenizer, save_pretrained
 from . import checkpoints
@@ -94,10 +93,28 @@ def steps_plan(cfg: TrainConfig, samples: dict[str, int]) -> tuple[int, list[int
     return total, [m * steps_per_epoch for m in cfg.milestones]
 
 
+def make_loader(kind: str, loader_cfg):
+    """The reference (webdataset) or the DALI loader: both take the same config and yield the same `Batch`."""
+    if kind == "torch":
+        from ..data.loader import TrainLoader
+        return TrainLoader(loader_cfg)
+    if kind == "dali":
+        from ..data.dali import DaliLoader
+        return DaliLoader(loader_cfg)
+    raise ValueError(f"--loader must be torch or dali, got '{kind}'")
+
+
+def source_size(shards: str) -> int:
+    """Samples in a converted shard folder, from its manifest."""
+    from shards.manifest import read_manifest
+
+    return read_manifest(shards).total
+
+
 def train(cfg: TrainConfig) -> Path:
     import deepspeed
 
-    from ..data.loaders import make_loader, source_size
+    from ..data.loader import LoaderConfig
 
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
