@@ -9,7 +9,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -58,6 +58,7 @@ class MCQConfig:
     bridge: bool = True  # False builds the retrieval model only (the BridgeFormer is a training-time module)
     temperature: float = 0.05
     grad_checkpointing: bool = False
+    normalisation: ClassVar[str] = "imagenet"  # the pixel statistics of the data pipelines (data.batch.NORMALISATION)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
