@@ -167,7 +167,8 @@ def test_released_checkpoint_layout_loads_strictly(reference, tmp_path):
 
 def test_tokenizer_matches_openai_and_speaks_hugging_face():
     tokenizer = create_tokenizer(preset("clip-b32"))
-    texts = CAPTIONS + ["ＦＵＬＬ width café déjà-vu 123,456 isn't", "wow!!! ... ??  \t new\nline", "word " * 100]
+    texts = [*CAPTIONS, "ＦＵＬＬ width café déjà-vu 123,456 isn't", "wow!!! ... ??  \t new\nline",
+             "word " * 100]
     ours = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     ref = open_clip.tokenize(texts)  # 77 wide, zero-padded; over-long texts truncated with end-of-text forced
     for row, mask, expected in zip(ours["input_ids"], ours["attention_mask"], ref):

@@ -1,9 +1,9 @@
 """MCQ initialised from CLIP (SPEC §1.8): CLIP's two towers as VideoFormer and TextFormer, plus a BridgeFormer.
 
-    caption  ─► CLIP text tower ─► end-of-text token ─► ln_final ─► text_projection ─► text     (512-d)
+    caption  ─► CLIP text tower ─► end-of-text token ─► ln_final ─► text_projection ─► text   (512-d)
     answer   ─► CLIP text tower ─► (the same)                                      ─► answer
     question ─► CLIP text tower ─► hidden states, end-of-text state first ─┐
-    video    ─► CLIP visual tower, frame-factorised ─► [CLS] ─► ln_post ─► proj ─► video    (512-d)
+    video    ─► CLIP visual tower, frame-factorised ─► [CLS] ─► ln_post ─► proj ─► video  (512-d)
                     └─ block inputs ─► BridgeFormer (768 wide) ─► [CLS] ─► Linear ─► bridge (512-d)
 
 The visual tower reads F frames the parameter-free way of the released model: the spatial position rows are tiled
@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from torch import nn
 
 from ..config import CLIP_PRESETS, VideoConfig, _build
@@ -139,7 +138,8 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_1 = LayerNorm(width)
         self.attn = FactorisedAttention(width, heads)
         self.ln_2 = LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict(c_fc=nn.Linear(width, hidden), gelu=QuickGELU() if quick_gelu else nn.GELU(),
+        self.mlp = nn.Sequential(OrderedDict(c_fc=nn.Linear(width, hidden),
+                                             gelu=QuickGELU() if quick_gelu else nn.GELU(),
                                              c_proj=nn.Linear(hidden, width)))
 
     def forward(self, x: torch.Tensor, groups: int = 1, causal: bool = False) -> torch.Tensor:
@@ -171,8 +171,8 @@ class CLIPVideoFormer(nn.Module):
         b, frames = video.shape[:2]
         x = self.conv1(video.flatten(0, 1))
         if x.shape[-2] * x.shape[-1] != self.cfg.patches_per_frame:
-            raise ValueError(f"frames of {tuple(video.shape[-2:])} pixels give a {x.shape[-2]}×{x.shape[-1]} patch grid; "
-                             f"this model takes {self.cfg.img_size}×{self.cfg.img_size}")
+            raise ValueError(f"frames of {tuple(video.shape[-2:])} pixels give a {x.shape[-2]}×{x.shape[-1]} patch "
+                             f"grid; this model takes {self.cfg.img_size}×{self.cfg.img_size}")
         x = x.flatten(2).transpose(1, 2).reshape(b, frames * self.cfg.patches_per_frame, -1)  # frame-major
         pos = self.positional_embedding.to(x.dtype)
         cls = (self.class_embedding.to(x.dtype) + pos[0]).expand(b, 1, -1)

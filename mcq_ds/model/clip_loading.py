@@ -41,7 +41,7 @@ _LIST_BUILDERS = ("build_intlist", "build_doublelist", "build_boollist", "build_
 class _ScriptObject:
     """An object of the archive (a module, mostly), kept as its attributes; none of its TorchScript code runs."""
 
-    attributes: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}  # an object pickled without state keeps none
 
     def __setstate__(self, state: Any) -> None:
         self.attributes = state if isinstance(state, dict) else {}
