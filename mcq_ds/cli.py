@@ -53,6 +53,8 @@ def _bench_model(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcq-ds", description="Train, evaluate and export MCQ / BridgeFormer video-text retrieval models.")
+    # the DeepSpeed launcher passes --local_rank=N before the command; the engine reads LOCAL_RANK from the environment
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="write the stage-1 starting model: timm ViT + local text encoder + fresh bridge",
