@@ -92,6 +92,17 @@ def steps_plan(cfg: TrainConfig, epoch_steps: dict[str, int]) -> tuple[int, list
     return total, [m * steps_per_epoch for m in cfg.milestones]
 
 
+def make_loader(kind: str, loader_cfg):
+    """The reference (webdataset) or the DALI loader: both take the same config and yield the same `Batch`."""
+    if kind == "torch":
+        from ..data.loader import ShardLoader
+        return ShardLoader(loader_cfg)
+    if kind == "dali":
+        from ..data.dali import DaliLoader
+        return DaliLoader(loader_cfg)
+    raise ValueError(f"--loader must be torch or dali, got '{kind}'")
+
+
 def train(cfg: TrainConfig) -> Path:
     import deepspeed
 
