@@ -27,12 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import CLIP_PRESETS, VideoConfig, _build
-from ..data.batch import Tokens
 from .attention import FactorisedAttention
 from .bridge_former import BridgeFormer
 from .checkpointing import maybe_checkpoint
 from .clip_tokenizer import BPE_VOCAB_SIZE
-from .mcq import Embeddings, _pad_cat
+from .mcq import ThreeFormer
 from .video_former import init_linear_and_norm
 
 
@@ -241,7 +240,7 @@ def _sentence_token_first(states: tuple[torch.Tensor, ...], mask: torch.Tensor) 
     return tuple(torch.cat([h[rows, eot].unsqueeze(1), h[:, 1:]], dim=1) for h in states)
 
 
-class CLIPMCQ(nn.Module):
+class CLIPMCQ(ThreeFormer):
     """The MCQ model on CLIP's towers; the same interface as `MCQ`, so the engine, loss, eval and extract code take
     either."""
 
@@ -274,31 +273,11 @@ class CLIPMCQ(nn.Module):
             if former is not None:
                 former.grad_checkpointing = enabled
 
-    def encode_text(self, text: Tokens) -> torch.Tensor:
-        return self.text_model(text.ids, text.mask)[0]
+    def _text_pass(self, ids, mask, hidden_states):
+        return self.text_model(ids, mask, hidden_states=hidden_states)
 
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """video: (B, F, 3, H, W), normalised with CLIP's statistics; any F."""
-        return self.video_model(video)[0]
+    def _video_pass(self, video, keep_block_inputs):
+        return self.video_model(video, keep_block_inputs=keep_block_inputs)
 
-    def forward(self, video: torch.Tensor, text: Tokens, question: Tokens | None = None,
-                answer: Tokens | None = None) -> Embeddings:
-        """All four embeddings of the MCQ pre-training step (text and video only when no question is given).
-
-        Caption, answer and question share one text-tower call: the attention is causal and padding comes after the
-        end-of-text token, so every text's states are those of a pass on its own.
-        """
-        if question is None or answer is None:
-            if question is not None or answer is not None:
-                raise ValueError("question and answer go together")
-            return Embeddings(self.encode_text(text), self.encode_video(video), None, None)
-        if not hasattr(self, "bridge_model"):
-            raise ValueError("this model was built without its BridgeFormer (bridge=false); it cannot answer questions")
-        b, q_len = text.ids.shape[0], question.ids.shape[1]
-        ids, mask = _pad_cat([text, answer, question])
-        embedded, hidden = self.text_model(ids, mask, hidden_states=True)
-        text_emb, answer_emb = embedded[: 2 * b].split(b)
-        question_states = _sentence_token_first(tuple(h[2 * b:, :q_len] for h in hidden), question.mask)
-        video_emb, block_inputs = self.video_model(video, keep_block_inputs=True)
-        bridge = self.bridge_model(block_inputs, question_states, question.mask, frames=video.shape[1])
-        return Embeddings(text_emb, video_emb, answer_emb, self.bridge_proj(bridge))
+    def _question_states(self, states, mask):
+        return _sentence_token_first(states, mask)
