@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from PIL import Image
 
 from mcq_ds.config import TextConfig
 from mcq_ds.data.batch import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+from mcq_ds.data.loader import LoaderConfig, ShardLoader
 from mcq_ds.data.questions import QuestionBuilder
 from mcq_ds.data.sampling import draw
 from mcq_ds.model.text_former import load_tokenizer
@@ -35,27 +35,11 @@ CAPTIONS = ["a man is riding a white horse on the beach", "two dogs are chasing 
 SIZE = 48  # output side: small, so the pixel checks stay fast
 
 
-@dataclass
-class Config:
-    """The fields of the reference loader's config that the DALI loader reads."""
-
-    shards: str
-    tokenizer: object
-    source: str = "webvid"
-    train: bool = True
-    num_frames: int = 4
-    img_size: int = SIZE
-    batch_size: int = 4
-    workers: int = 1
-    seed: int = 7
-    rank: int = 0
-    world_size: int = 1
-    question_type: str = "noun"
-    question_mode: str = "span"
-    questions: bool = True
-    max_text_length: int | None = 32
-    normalisation: str = "imagenet"
-    hflip: bool = True
+def Config(shards, tokenizer, **fields) -> LoaderConfig:
+    """The engine's loader config with this file's defaults: one rank, batches of 4, small frames."""
+    defaults = dict(source="webvid", batch_size=4, workers=1, img_size=SIZE, seed=7, rank=0, world_size=1,
+                    max_text_length=32)
+    return LoaderConfig(shards=shards, tokenizer=tokenizer, **{**defaults, **fields})
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -140,6 +124,7 @@ def test_training_batches_follow_the_shared_draws_frame_by_frame(data, tokenizer
     assert loader.batches_per_epoch == len(SECONDS) // cfg.batch_size
     samples = stored(data / "webvid")
     seen_flips, epochs = set(), set()
+    errors = {"right": 0.0, "other frame": 0.0, "other flip": 0.0}
     batches = take(loader, 3 * loader.batches_per_epoch)  # three epochs
     for n, batch in enumerate(batches):
         epoch = n // loader.batches_per_epoch
@@ -157,12 +142,15 @@ def test_training_batches_follow_the_shared_draws_frame_by_frame(data, tokenizer
             for k, index in enumerate(d.frames):
                 got = batch.video[i, k].numpy()
                 error = np.abs(got - expected_frame(frames[index], list(d.crop), d.flip, SIZE)).mean()
-                other = frames[index + 1] if index + 1 < len(frames) else frames[index - 1]
                 assert error < 0.12, (key, k)
-                assert error < 0.5 * np.abs(got - expected_frame(other, list(d.crop), d.flip, SIZE)).mean()
-                assert error < 0.5 * np.abs(got - expected_frame(frames[index], list(d.crop), not d.flip,
-                                                                 SIZE)).mean()
+                errors["right"] += error
+                other = frames[index + 1] if index + 1 < len(frames) else frames[index - 1]
+                errors["other frame"] += np.abs(got - expected_frame(other, list(d.crop), d.flip, SIZE)).mean()
+                errors["other flip"] += np.abs(got - expected_frame(frames[index], list(d.crop), not d.flip,
+                                                                    SIZE)).mean()
     assert seen_flips == {True, False}
+    # a crop can miss the moving square, or be nearly symmetric, so wrong frames and flips are told apart in sum
+    assert errors["right"] < 0.3 * errors["other frame"] and errors["right"] < 0.3 * errors["other flip"]
     # a new epoch draws again: the same key gets new frames or a new crop
     first = {k: (f.tolist(), c.tolist()) for b in batches[:2] for k, f, c in zip(b.keys, b.extra["frames"],
                                                                                  b.extra["crop"])}
@@ -350,10 +338,8 @@ def test_clip_normalisation_over_a_list_of_tars_and_directories(data, tokenizer)
 def test_same_frames_crops_and_pixels_as_the_reference_loader(data, tokenizer):
     """Both loaders over the same shards, seed and epoch: every sample gets the same frames and nearly the same
     pixels (two JPEG decoders and two antialiased resizers), and the same question tokens."""
-    reference = pytest.importorskip("mcq_ds.data.loader")
-    cfg = reference.LoaderConfig(shards=str(data / "webvid"), source="webvid", tokenizer=tokenizer, batch_size=2,
-                                 workers=0, img_size=SIZE, seed=3, rank=0, world_size=1, max_text_length=32)
-    ref = {k: (b, i) for b in take(reference.ShardLoader(cfg), 5) for i, k in enumerate(b.keys)}
+    cfg = Config(str(data / "webvid"), tokenizer, batch_size=2, workers=0, seed=3)
+    ref = {k: (b, i) for b in take(ShardLoader(cfg), 5) for i, k in enumerate(b.keys)}
     ours = {k: (b, i) for b in take(DaliLoader(cfg, device="cpu"), 5) for i, k in enumerate(b.keys)}
     assert ref.keys() == ours.keys() == set(stored(data / "webvid"))
     for key, (b, i) in ours.items():

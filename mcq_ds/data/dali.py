@@ -40,20 +40,17 @@ import logging
 import os
 import random
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from .batch import NORMALISATION, Batch, Tokens
+from .loader import LoaderConfig, ShardInfo, distributed_position, resolve_shards
 from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts
 from .sampling import CropBox, draw, sample_seed
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -61,64 +58,21 @@ KINDS = ("noun", "verb", "none")
 STATE_VERSION = 1
 
 
-class LoaderSettings(Protocol):
-    """The fields of the reference loader's ``LoaderConfig`` that this loader reads."""
-
-    shards: str | Sequence[str]
-    source: str
-    train: bool
-    num_frames: int
-    img_size: int
-    batch_size: int
-    workers: int
-    seed: int
-    rank: int
-    world_size: int
-    tokenizer: PreTrainedTokenizerBase
-    question_type: str
-    question_mode: str
-    questions: bool
-    max_text_length: int | None
-    normalisation: str
-    hflip: bool
-
-
 # --- shards ------------------------------------------------------------------------------------------------------
 
 
-class ShardFile(NamedTuple):
-    tar: str
-    index: str
-    samples: int
+def dali_shards(config: LoaderConfig) -> list[ShardInfo]:
+    """The config's shards (``resolve_shards``: directories, brace patterns, lists), each with its DALI index."""
+    shards = resolve_shards(config.shards)
+    missing = [s.path for s in shards if s.index is None]
+    if missing:
+        raise FileNotFoundError(f"{config.source}: no DALI index (.idx) beside {missing[0]} ({len(missing)} shards "
+                                f"without one); mcq-shards writes them, for other shards run `wds2idx SHARD.tar "
+                                f"SHARD.idx`")
+    return shards
 
 
-def shard_files(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list[ShardFile]:
-    """The tar shards named by ``shards``: shard directories (their ``manifest.json`` lists the shards) or tar
-    files, brace patterns allowed (``webvid-{00000..00099}.tar``), whose DALI index is the ``.idx`` beside them.
-    The sample counts come from the manifest or the index header, so nothing is scanned."""
-    from braceexpand import braceexpand
-
-    from shards.manifest import read_manifest
-
-    names = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
-    files = []
-    for name in names:
-        for path in map(Path, braceexpand(str(name))):
-            if path.is_dir():
-                files += [ShardFile(str(s.path), str(s.index), s.samples) for s in read_manifest(path).shards]
-                continue
-            index = path.with_suffix(".idx")
-            if not index.is_file():
-                raise FileNotFoundError(f"{index} not found: DALI needs the index of {path} (mcq-shards writes it; "
-                                        f"for other shards run wds2idx {path} {index})")
-            with open(index, encoding="utf-8") as f:
-                files.append(ShardFile(str(path), str(index), int(f.readline().split()[1])))
-    if not files:
-        raise ValueError(f"no shards in {shards!r}")
-    return files
-
-
-def epoch_shards(files: list[ShardFile], seed: int, epoch: int, train: bool) -> list[ShardFile]:
+def epoch_shards(files: list[ShardInfo], seed: int, epoch: int, train: bool) -> list[ShardInfo]:
     """Training reads the shards in a new order every epoch (each rank gets different shards each epoch)."""
     if not train:
         return files
@@ -189,7 +143,7 @@ class HostStep:
     OUTPUTS = ("anchor", "window", "flip", "frames", "crop", "valid", "keys", "kinds", "captions",
                "text_ids", "text_mask", "question_ids", "question_mask", "answer_ids", "answer_mask")
 
-    def __init__(self, config: LoaderSettings, epoch: int, questions: QuestionBuilder | None):
+    def __init__(self, config: LoaderConfig, epoch: int, questions: QuestionBuilder | None):
         self.config, self.epoch, self.questions = config, epoch, questions
         self.placeholder = _placeholder_jpeg()
 
@@ -266,9 +220,9 @@ def default_device() -> str:
     return "mixed" if GetCUDADeviceCount() > 0 else "cpu"
 
 
-def build_pipeline(config: LoaderSettings, files: list[ShardFile], epoch: int, device: str, device_id: int | None,
-                   questions: QuestionBuilder | None, checkpoint: bytes | None = None):
-    """The DALI pipeline of one epoch on this rank (not yet built)."""
+def build_pipeline(config: LoaderConfig, files: list[ShardInfo], epoch: int, rank: int, world_size: int, device: str,
+                   device_id: int | None, questions: QuestionBuilder | None, checkpoint: bytes | None = None):
+    """The DALI pipeline of one epoch on ``rank`` (not yet built)."""
     from nvidia.dali import fn, pipeline_def, types
 
     cfg = config
@@ -277,12 +231,12 @@ def build_pipeline(config: LoaderSettings, files: list[ShardFile], epoch: int, d
     files = epoch_shards(files, cfg.seed, epoch, cfg.train)
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers), device_id=device_id,
-                  seed=sample_seed(cfg.seed, epoch, f"dali-rank{cfg.rank}") % 2**31, enable_checkpointing=True,
+                  seed=sample_seed(cfg.seed, epoch, f"dali-rank{rank}") % 2**31, enable_checkpointing=True,
                   prefetch_queue_depth=2)
     def pipeline():
         jpgs, offsets, meta = fn.readers.webdataset(
-            paths=[f.tar for f in files], index_paths=[f.index for f in files], ext=["jpgs;jpg", "offsets", "json"],
-            missing_component_behavior="empty", shard_id=cfg.rank, num_shards=cfg.world_size, stick_to_shard=True,
+            paths=[f.path for f in files], index_paths=[f.index for f in files], ext=["jpgs;jpg", "offsets", "json"],
+            missing_component_behavior="empty", shard_id=rank, num_shards=world_size, stick_to_shard=True,
             random_shuffle=cfg.train, pad_last_batch=not cfg.train, dont_use_mmap=True, name="Reader")
         out = fn.python_function(meta, jpgs, offsets, function=host, batch_processing=True,
                                  num_outputs=cfg.num_frames + len(HostStep.OUTPUTS))
@@ -332,24 +286,23 @@ class DaliLoader:
     device), ``"cpu"`` (CPU decoding, ``device_id=None``), or None: ``"mixed"`` whenever DALI sees a GPU.
     """
 
-    def __init__(self, config: LoaderSettings, device: str | None = None, device_id: int | None = None):
-        if config.world_size < 1 or not 0 <= config.rank < config.world_size:
-            raise ValueError(f"rank {config.rank} is not in a world of {config.world_size}")
+    def __init__(self, config: LoaderConfig, device: str | None = None, device_id: int | None = None):
         self.config = config
+        self.rank, self.world_size = distributed_position(config.rank, config.world_size)
         self.device = device or default_device()
         if self.device not in ("cpu", "mixed"):
             raise ValueError(f"device must be 'cpu' or 'mixed', got {self.device!r}")
         self.device_id = None if self.device == "cpu" else (
             device_id if device_id is not None else torch.cuda.current_device())
-        self.files = shard_files(config.shards)
+        self.files = dali_shards(config)
         self.num_samples = sum(f.samples for f in self.files)
         if config.train:  # the same on every rank, so that no rank waits in a collective for one that ran dry
-            self.batches_per_epoch = self.num_samples // config.world_size // config.batch_size
+            self.batches_per_epoch = self.num_samples // self.world_size // config.batch_size
         else:
-            self.batches_per_epoch = -(-rank_samples(self.num_samples, config.rank, config.world_size)
+            self.batches_per_epoch = -(-rank_samples(self.num_samples, self.rank, self.world_size)
                                        // config.batch_size)
         if config.train and self.batches_per_epoch < 1:
-            raise ValueError(f"{config.source}: {self.num_samples} samples cannot give each of {config.world_size} "
+            raise ValueError(f"{config.source}: {self.num_samples} samples cannot give each of {self.world_size} "
                              f"ranks a batch of {config.batch_size}")
         self.questions = QuestionBuilder(config.tokenizer, config.question_mode) if config.questions else None
         self.skipped = 0  # samples rejected so far, over all epochs
@@ -367,8 +320,8 @@ class DaliLoader:
     def _layout(self) -> dict[str, Any]:
         """What a saved position depends on: with another layout the same position means other samples."""
         cfg = self.config
-        return {"world_size": cfg.world_size, "batch_size": cfg.batch_size, "samples": self.num_samples,
-                "shards": [os.path.basename(f.tar) for f in self.files], "seed": cfg.seed,
+        return {"world_size": self.world_size, "batch_size": cfg.batch_size, "samples": self.num_samples,
+                "shards": [os.path.basename(f.path) for f in self.files], "seed": cfg.seed,
                 "num_frames": cfg.num_frames}
 
     def state_dict(self) -> dict[str, Any]:
@@ -428,8 +381,8 @@ class DaliLoader:
 
         checkpoint, skip = self._resume or (None, 0)
         self._resume = None
-        pipe = build_pipeline(self.config, self.files, self._epoch, self.device, self.device_id, self.questions,
-                              checkpoint)
+        pipe = build_pipeline(self.config, self.files, self._epoch, self.rank, self.world_size, self.device,
+                              self.device_id, self.questions, checkpoint)
         train = self.config.train
         self._iterator = DALIGenericIterator(
             pipe, list(OUTPUT_MAP), reader_name=None if train else "Reader",
