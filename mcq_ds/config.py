@@ -111,8 +111,16 @@ def preset(name: str) -> Any:
                                       max_position_embeddings=128), max_length=64),
             embed_dim=64,
         )
+    if name == "demo":  # the tiny VideoFormer + the real pre-trained all-MiniLM-L6-v2 text encoder (a package ships
+        # it): from scratch, text encoders this small give a near-constant [CLS] and the contrastive loss settles at
+        # chance within the demo's few minutes
+        from .model.text_former import default_vocab
+
+        cfg = preset("tiny")
+        cfg.text = TextConfig(pretrained=str(default_vocab().parent), max_length=64)
+        return cfg
     raise ValueError(f"unknown model preset '{name}'; choose one of {PRESETS + CLIP_PRESETS}")
 
 
-PRESETS = ("base", "tiny")
+PRESETS = ("base", "tiny", "demo")
 CLIP_PRESETS = ("clip-b32", "clip-b16", "clip-tiny")

@@ -122,3 +122,12 @@ def test_two_nodes_without_ssh(demo_shards, tmp_path):
         finish(proc)
     assert json.loads((out / "checkpoints/step00000002/complete.json").read_text())["world_size"] == 2
     assert (out / "model/model.safetensors").is_file()
+
+
+def test_short_training_run_through_the_dali_loader(demo_shards, tmp_path):
+    out = tmp_path / "dali"
+    finish(mcq_ds(*train_args(demo_shards, out, "--loader", "dali", "--max-steps", "3", "--save-every", "2")))
+    assert sorted(losses(out)) == [1, 2, 3]
+    assert all(0 < loss < 50 for loss in losses(out).values())
+    own = torch.load(out / "checkpoints/step00000002/rank0.pt", weights_only=True)
+    assert set(own["loaders"]) == {"cc3m", "webvid"}  # the DALI readers' positions travel with the checkpoint
