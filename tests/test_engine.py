@@ -18,7 +18,7 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def train_args(shards, out, *extra) -> list[str]:
-    return ["train", "--stage", "demo-1f-noun", "--data", f"cc3m={shards['cc3m']}",
+    return ["train", "--stage", "demo-1f-noun", "--model", "tiny", "--data", f"cc3m={shards['cc3m']}",
             "--data", f"webvid={shards['webvid']}", "--out", str(out), "--global-batch", "8", "--workers", "1",
             "--log-every", "1", "--mlflow-uri", "none", "--no-hflip", *extra]
 

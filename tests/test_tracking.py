@@ -296,7 +296,7 @@ def test_rank_one_writes_nothing(server, tmp_path):
 def test_training_run_is_visible_in_a_real_mlflow_server(server, demo_shards, tmp_path):
     """`mcq-ds train --mlflow-uri http://127.0.0.1:PORT`: config, metrics and the exported model reach the server."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "mcq_ds.cli", "train", "--stage", "demo-1f-noun",
+    command = [sys.executable, "-m", "mcq_ds.cli", "train", "--stage", "demo-1f-noun", "--model", "tiny",
                "--data", f"cc3m={demo_shards['cc3m']}", "--data", f"webvid={demo_shards['webvid']}",
                "--out", str(out), "--global-batch", "8", "--workers", "1", "--log-every", "1", "--max-steps", "2",
                "--save-every", "2", "--no-hflip", "--mlflow-uri", server.uri, "--experiment", "engine-test"]
