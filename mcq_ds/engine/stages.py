@@ -29,9 +29,9 @@ STAGES: dict[str, Stage] = {
     "4f-noun": Stage(4, "noun", ("webvid",), 800, 3e-5, 10, (6, 8), "base"),
     "4f-verb": Stage(4, "verb", ("webvid",), 800, 1e-5, 10, (6, 8), "base"),
     # the same curriculum for the tiny model on the embedded demo data (a few minutes on a laptop CPU)
-    "demo-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 32, 2e-4, 3, (2,), "demo"),
-    "demo-4f-noun": Stage(4, "noun", ("webvid",), 32, 1e-4, 2, (1,), "demo"),
-    "demo-4f-verb": Stage(4, "verb", ("webvid",), 32, 5e-5, 1, (), "demo"),
+    "demo-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 32, 1e-4, 6, (), "demo"),
+    "demo-4f-noun": Stage(4, "noun", ("webvid",), 32, 1e-4, 3, (), "demo"),
+    "demo-4f-verb": Stage(4, "verb", ("webvid",), 32, 5e-5, 2, (), "demo"),
     # MCQ from CLIP (README, "MCQ from CLIP"): the same curriculum, started from `mcq-ds convert-clip ViT-B-32.pt
     # --bridge`, at a tenth of the learning rates (the towers start aligned) and with CLIP's own τ = 1/100
     "clip-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 2048, 1e-5, 20, (12, 16), "clip-b32", 0.01),
