@@ -1,0 +1,1 @@
+"""Training engine: DeepSpeed loop, checkpoints and resume, experiment tracking."""
