@@ -25,6 +25,7 @@ from mcq_ds.model.loading import mcq_to_original
 from shards.convert import Options, convert
 from shards.sources import msrvtt
 from shards.synth import synthesize
+from test_eval_extract import one_thread  # noqa: F401 - one intra-op thread for tiny models on a shared CPU
 
 VIDEOS = 9  # odd: two ranks cannot split it evenly
 
@@ -63,6 +64,7 @@ def _rank(rank, world, port, argv):
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+    torch.set_num_threads(1)
     retrieval.run(parse(*argv))
 
 
