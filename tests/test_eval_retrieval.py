@@ -3,6 +3,7 @@ mcq-shards, embedded by a tiny model; 1 and 2 real gloo ranks; every checkpoint 
 import argparse
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -12,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from PIL import Image
 
 from mcq_ds.config import preset
@@ -28,6 +28,7 @@ from shards.synth import synthesize
 from test_eval_extract import one_thread  # noqa: F401 - one intra-op thread for tiny models on a shared CPU
 
 VIDEOS = 9  # odd: two ranks cannot split it evenly
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_cfg():
@@ -59,15 +60,6 @@ def parse(*argv):
     return parser.parse_args([str(a) for a in argv])
 
 
-def _rank(rank, world, port, argv):
-    import os
-
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    retrieval.run(parse(*argv))
-
-
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,11 +75,15 @@ def test_rank_shares_cover_every_sample_once():
 
 
 def test_one_and_two_ranks_give_the_same_numbers(demo, tmp_path):
+    """Two real gloo ranks started by launch/eval.sh (torchrun), against one in-process rank."""
     common = [demo / "model", demo / "msrvtt_test", "--workers", 0, "--batch-size", 2, "--mlflow-uri", "none",
               "--quiet"]
     retrieval.run(parse(*common, "--out", tmp_path / "one.json", "--save-embeddings", tmp_path / "one"))
-    mp.spawn(_rank, args=(2, free_port(), [*common, "--out", tmp_path / "two.json", "--save-embeddings",
-                                           tmp_path / "two"]), nprocs=2)
+    env = {**os.environ, "GPUS": "2", "MASTER_PORT": str(free_port()),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run(["bash", ROOT / "launch" / "eval.sh", *map(str, common), "--out", tmp_path / "two.json",
+                    "--save-embeddings", tmp_path / "two"], env=env, cwd=ROOT, check=True)
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert one["protocol"]["videos"] == two["protocol"]["videos"] == VIDEOS
@@ -185,7 +181,7 @@ DEEPSPEED_SAVE = textwrap.dedent("""
 
 def test_deepspeed_checkpoints_load_with_the_trained_weights(demo, tmp_path):
     subprocess.run([sys.executable, "-c", DEEPSPEED_SAVE, demo / "model", tmp_path, str(free_port())], check=True,
-                   cwd=Path(__file__).resolve().parents[1])
+                   cwd=ROOT)
     reference = load_model(demo / "model").model
     video = torch.randn(2, 4, 3, 64, 64)
     for name in ("zero0", "zero1"):

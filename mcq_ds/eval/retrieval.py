@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm

@@ -55,7 +55,7 @@ def chunked_topk(queries: np.ndarray, embeddings: np.ndarray, k: int, chunk_size
         best_scores = torch.empty((len(q), 0), device=device)
         best_rows = torch.empty((len(q), 0), dtype=torch.long, device=device)
         for start in range(0, len(embeddings), chunk_size):
-            block = torch.from_numpy(np.array(embeddings[start:start + chunk_size], dtype=np.float32))  # a writable copy
+            block = torch.from_numpy(np.array(embeddings[start:start + chunk_size], dtype=np.float32))  # writable copy
             merged_scores = torch.cat([best_scores, q @ block.to(device, non_blocking=True).T], dim=1)
             merged_rows = torch.cat([best_rows, torch.arange(start, start + len(block), device=device)
                                      .expand(len(q), -1)], dim=1)

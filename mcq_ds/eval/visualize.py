@@ -30,6 +30,7 @@ PAD, LABEL = 4, 22  # pixels between cells, height of a row's label strip
 @dataclass
 class AttentionFigure:
     image: Image.Image
+    frames: np.ndarray  # (F, S, S, 3) uint8, what the model saw
     heat: torch.Tensor  # (questions, F, gh, gw), each question's maps as computed (not rescaled)
     questions: list[str]
 
@@ -57,7 +58,8 @@ def _label(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width: int
 
 def draw_figure(frames: np.ndarray, heat: np.ndarray, labels: list[str], caption: str, cell: int = 224) -> Image.Image:
     """frames (F, S, S, 3) uint8; heat (Q, F, gh, gw). Each question's maps share one colour scale (its own min to
-    max over all frames), so frames are comparable within a row. Size: F·cell + (F+1)·PAD wide,
+    max over all frames), so frames are comparable within a row; since that stretches even a nearly flat map to full
+    colour, each row's label says how far its peak stands above uniform attention. Size: F·cell + (F+1)·PAD wide,
     (Q+1)·(LABEL + cell) + PAD high."""
     q, f = heat.shape[:2]
     width, height = f * cell + (f + 1) * PAD, (q + 1) * (LABEL + cell) + PAD
@@ -68,6 +70,7 @@ def draw_figure(frames: np.ndarray, heat: np.ndarray, labels: list[str], caption
     rows = [(f"video: {caption}", pictures)]
     for label, maps in zip(labels, heat):
         low, high = maps.min(), maps.max()
+        label = label.replace(":", f" (peak {high / maps.mean():.1f}x uniform):", 1)
         scaled = (maps - low) / (high - low) if high > low else np.zeros_like(maps)
         overlays = []
         for picture, m in zip(pictures, scaled):
@@ -114,7 +117,7 @@ def attention_figure(model_path: str | Path, video: str | Path, caption: str, no
     pixels = clip[0] * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
     shown = (pixels.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
     labels = [f"{kind} question: {text}" for (kind, _), text in zip(questions, texts)]
-    return AttentionFigure(draw_figure(shown, heat.numpy(), labels, caption, cell), heat, texts)
+    return AttentionFigure(draw_figure(shown, heat.numpy(), labels, caption, cell), shown, heat, texts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
