@@ -1,7 +1,7 @@
 """`mcq-ds extract`: video files (and text queries) → L2-normalised embeddings, `.npy` + ids in the same order.
 
-Frames are chosen and transformed exactly as `mcq-ds eval` does on shards (see `mcq_ds.eval.data`), so a folder
-of MSR-VTT videos extracted here gives the embeddings the evaluation scores.
+Frames are chosen and transformed exactly as `mcq-ds eval` does on shards (see `mcq_ds.eval.data`): a video
+extracted here gets the embedding `eval` computes on its shard made with mcq-shards' default frame options.
 
 Output folder:
 
@@ -131,14 +131,15 @@ class VideoFiles(Dataset):
         return i, clips, None
 
 
-def _collate(items: list) -> list:
+def as_list(items: list) -> list:
+    """A collate function that keeps a batch's items as they are (good and failed ones side by side)."""
     return items
 
 
 def _embed_chunk(loaded: LoadedModel, paths: list[str], spec: ClipSpec, args, device: torch.device,
                  bar: tqdm) -> tuple[np.ndarray, list[str], list[dict]]:
     loader = DataLoader(VideoFiles(paths, spec), batch_size=args.batch_size, num_workers=args.workers,
-                        collate_fn=_collate, multiprocessing_context="spawn" if args.workers else None)
+                        collate_fn=as_list, multiprocessing_context="spawn" if args.workers else None)
     embeddings, ids, failed = [], [], []
     for items in loader:
         good = [(i, clips) for i, clips, _ in items if clips is not None]

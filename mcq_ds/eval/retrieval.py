@@ -80,11 +80,10 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     share = rank_share(len(samples), rank, world)
     collate = CollateEval(loaded.tokenizer, model.cfg.text.max_length, args.all_captions, about.get("source", "eval"))
     loader = DataLoader(ShardClips(samples, share, spec), batch_size=args.batch_size, num_workers=args.workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda",
-                        persistent_workers=False, multiprocessing_context="spawn" if args.workers else None)
+                        collate_fn=collate, multiprocessing_context="spawn" if args.workers else None)
     mine = {"positions": [], "ids": [], "video": [], "captions": [], "caption_position": [], "text": [], "padded": 0}
-    bar = tqdm(total=len(samples), desc=f"embedding ({world} rank{'s' if world > 1 else ''})", unit="video",
-               disable=args.quiet or rank != 0)
+    bar = tqdm(total=len(share), desc="embedding" + (f" (rank 0's share, {world} ranks)" if world > 1 else ""),
+               unit="video", disable=args.quiet or rank != 0)
     for batch in loader:
         video, text = embed_batch(model, batch, device, args.precision)
         positions = batch.extra["positions"]
@@ -95,7 +94,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         mine["caption_position"] += [positions[o] for o in batch.extra["caption_owner"].tolist()]
         mine["text"].append(text.numpy())
         mine["padded"] += batch.extra["padded"]
-        bar.update(len(positions) * world)  # rank 0 stands for all: the shares differ by at most one sample
+        bar.update(len(positions))
     bar.close()
     gathered = [mine]
     if world > 1:
