@@ -18,7 +18,8 @@ from PIL import Image
 from mcq_ds.config import preset
 from mcq_ds.eval import retrieval
 from mcq_ds.eval.checkpoint import load_model
-from mcq_ds.eval.data import ClipSpec, clip_tensor, index_shards, rank_share, shard_paths, window_frames
+from mcq_ds.eval.data import (ClipSpec, clip_tensor, eval_transform, index_shards, rank_share, shard_paths,
+                              window_frames)
 from mcq_ds.eval.extract import read_ids
 from mcq_ds.model import MCQ, load_tokenizer, save_pretrained
 from mcq_ds.model.loading import mcq_to_original
@@ -141,6 +142,20 @@ def test_frame_windows_and_transform():
     assert torch.all(clips[0, 3] == 0)  # padding is zero after normalisation, as the original pads
     red = clips[0, :3, 0].mean(dim=(1, 2)) * 0.229 + 0.485  # undo the ImageNet normalisation of the red channel
     assert red.tolist() == pytest.approx([0, 100 / 255, 200 / 255], abs=0.02)
+
+
+def test_transform_is_the_original_resize_crop_resize_without_antialiasing():
+    """torchvision 0.8.2 resized float tensors with F.interpolate(bilinear, align_corners=False), no antialiasing:
+    short side to 256 (long side truncated), centre crop 256 (offsets rounded), then 224."""
+    frames = torch.randint(0, 256, (2, 3, 240, 320), dtype=torch.uint8)
+    x = torch.nn.functional.interpolate(frames.float() / 255, size=(256, int(256 * 320 / 240)), mode="bilinear",
+                                        align_corners=False)
+    left = int(round((x.shape[-1] - 256) / 2.0))
+    x = torch.nn.functional.interpolate(x[..., :, left:left + 256], size=(224, 224), mode="bilinear",
+                                        align_corners=False)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    assert torch.allclose(eval_transform(frames, 224), (x - mean) / std, atol=1e-5)
 
 
 def test_original_checkpoint_gives_the_model_folder_numbers(demo, tmp_path):

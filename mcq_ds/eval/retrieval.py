@@ -60,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def set_name(shards: str) -> str:
+    """The set's name for file names and reports: the shard folder's name, or a tar list's stem before any brace."""
+    path = Path(shards)
+    return path.name if path.is_dir() else Path(shards.split("{")[0]).stem or "shards"
+
+
 def default_out(model_path: Path, name: str) -> Path:
     folder = model_path / "eval" if model_path.is_dir() else model_path.with_name(model_path.stem + "-eval")
     return folder / f"{name}.json"
@@ -102,8 +108,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         dist.gather_object(mine, gathered, dst=0)
     if rank != 0:
         return None
-    results = _score(args, loaded, spec, about, gathered, len(samples), world, time.perf_counter() - start)
-    return results
+    return _score(args, loaded, spec, about, gathered, len(samples), world, time.perf_counter() - start)
 
 
 def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], count: int, world: int,
@@ -111,9 +116,8 @@ def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], coun
     positions = np.array([p for g in gathered for p in g["positions"]])
     if sorted(positions.tolist()) != list(range(count)):
         raise RuntimeError(f"internal error: the ranks embedded {len(positions)} samples for a set of {count}")
-    dim = loaded.model.cfg.embed_dim
-    video = np.concatenate([v for g in gathered for v in g["video"]] or [np.zeros((0, dim))])
-    text = np.concatenate([t for g in gathered for t in g["text"]] or [np.zeros((0, dim))])
+    video = np.concatenate([v for g in gathered for v in g["video"]])
+    text = np.concatenate([t for g in gathered for t in g["text"]])
     ids = [i for g in gathered for i in g["ids"]]
     captions = [c for g in gathered for c in g["captions"]]
     caption_position = np.array([p for g in gathered for p in g["caption_position"]])
@@ -124,7 +128,7 @@ def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], coun
     sims = cosine_similarity(text, video)
     metrics = retrieval_metrics(sims, query_video)
 
-    name = Path(args.shards).name if Path(args.shards).is_dir() else Path(args.shards.split("{")[0]).stem or "shards"
+    name = set_name(args.shards)
     suffix = f"{spec.num_frames}f" + (f"-sw{spec.stride}" if spec.stride else "") + (
         "-allcaptions" if args.all_captions else "")
     out = args.out or default_out(Path(args.model), f"{name}-{suffix}")

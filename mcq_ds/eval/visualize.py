@@ -75,7 +75,7 @@ def draw_figure(frames: np.ndarray, heat: np.ndarray, labels: list[str], caption
         overlays = []
         for picture, m in zip(pictures, scaled):
             smooth = np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((cell, cell),
-                                                                                       Image.Resampling.BILINEAR))
+                                                                                       Image.Resampling.BICUBIC))
             overlays.append(Image.blend(picture, Image.fromarray(jet(np.clip(smooth, 0, 1))), 0.5))
         rows.append((label, overlays))
     for r, (label, images) in enumerate(rows):
