@@ -102,7 +102,7 @@ def question_attention(model: MCQ, video: torch.Tensor, text: Tokens, question: 
             continue
         ids, real = question.ids[:, 1:], question.mask[:, 1:].bool()
         last = real.sum(1, keepdim=True) - 1  # the [SEP] of each question
-        chosen = real & (torch.arange(ids.shape[1]) != last)
+        chosen = real & (torch.arange(ids.shape[1], device=ids.device) != last)
         if tokens == "masks":
             chosen &= ids == mask_token_id
         if not chosen.any(1).all():
