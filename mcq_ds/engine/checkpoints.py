@@ -13,6 +13,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +85,12 @@ def _atomic_write(path: Path, write) -> None:
 def save(engine, ckpt_dir: Path, step: int, common: dict[str, Any], per_rank: dict[str, Any],
          keep_last: int) -> Path:
     """Collective: every rank calls it. `common` goes into DeepSpeed's client state, `per_rank` into rank<r>.pt."""
+    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
     tag = tag_for(step)
+    # what DeepSpeed's universal-checkpoint conversion needs to re-shard this checkpoint for another world size
+    common = {**common, UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=common)
     folder = ckpt_dir / tag
     rank = dist.get_rank()
@@ -102,10 +109,26 @@ def _prune(ckpt_dir: Path, keep_last: int) -> None:
     newest = _step_of(complete[-1])
     for folder in complete[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(ckpt_dir / "universal" / folder.name, ignore_errors=True)
     for folder in ckpt_dir.iterdir():
         step = _step_of(folder)
         if step is not None and step < newest and not (folder / COMPLETE).is_file():
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def universal(folder: Path) -> Path:
+    """The checkpoint in DeepSpeed's universal format, for resuming on another number of ranks: converted once by
+    rank 0 into `<checkpoints>/universal/<tag>` (written beside and renamed, so a crash never leaves half of it), then
+    read by every rank with `checkpoint.load_universal`. Returns the folder to pass to `load_checkpoint`."""
+    root = folder.parent / "universal"
+    if dist.get_rank() == 0 and not (root / folder.name).is_dir():
+        tmp = root / (folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(folder),
+                        "--output_folder", str(tmp)], check=True, stdout=subprocess.DEVNULL)
+        os.replace(tmp, root / folder.name)
+    dist.barrier()
+    return root
 
 
 def saved_world_size(folder: Path) -> int:

@@ -42,7 +42,7 @@ class TrainConfig:
     schedule: str = _opt("step", "step (the original's ×0.1 milestones) | cosine (warm-up + cosine)")
     warmup_steps: int = _opt(0, "linear warm-up steps for --schedule cosine")
     max_steps: int | None = _opt(None, "stop after this many optimizer steps (default: epochs × steps per epoch)")
-    temperature: float = _opt(0.05, "contrastive temperature τ")
+    temperature: float | None = _opt(None, "contrastive temperature τ (default: the stage's, 0.05; CLIP stages 0.01)")
     ds_config: str | None = _opt(None, "DeepSpeed JSON (a path or a name in ds_configs/; default: "
                                  "cpu_fp32.json on CPU, zero1_bf16.json on GPU)")
     grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on with a GPU)")
@@ -67,7 +67,8 @@ class TrainConfig:
         stage = STAGES[self.stage]
         for name, value in (("frames", stage.frames), ("question_type", stage.question_type),
                             ("global_batch", stage.global_batch), ("lr", stage.lr), ("epochs", stage.epochs),
-                            ("milestones", list(stage.milestones)), ("model", stage.model)):
+                            ("milestones", list(stage.milestones)), ("model", stage.model),
+                            ("temperature", stage.temperature)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         missing = [s for s in stage.sources if s not in self.data]

@@ -20,6 +20,7 @@ class Stage:
     epochs: int
     milestones: tuple[int, ...]  # epochs after which lr ×= 0.1
     model: str  # model preset when a stage starts without --init weights
+    temperature: float = 0.05  # contrastive τ of both losses
 
 
 STAGES: dict[str, Stage] = {
@@ -28,8 +29,17 @@ STAGES: dict[str, Stage] = {
     "4f-noun": Stage(4, "noun", ("webvid",), 800, 3e-5, 10, (6, 8), "base"),
     "4f-verb": Stage(4, "verb", ("webvid",), 800, 1e-5, 10, (6, 8), "base"),
     # the same curriculum for the tiny model on the embedded demo data (a few minutes on a laptop CPU)
-    "demo-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 32, 5e-4, 6, (4,), "tiny"),
-    "demo-4f-noun": Stage(4, "noun", ("webvid",), 32, 3e-4, 4, (3,), "tiny"),
-    "demo-4f-verb": Stage(4, "verb", ("webvid",), 32, 1e-4, 3, (2,), "tiny"),
+    "demo-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 32, 1e-4, 6, (), "demo"),
+    "demo-4f-noun": Stage(4, "noun", ("webvid",), 32, 1e-4, 3, (), "demo"),
+    "demo-4f-verb": Stage(4, "verb", ("webvid",), 32, 5e-5, 2, (), "demo"),
+    # MCQ from CLIP (README, "MCQ from CLIP"): the same curriculum, started from `mcq-ds convert-clip ViT-B-32.pt
+    # --bridge`, at a tenth of the learning rates (the towers start aligned) and with CLIP's own τ = 1/100
+    "clip-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 2048, 1e-5, 20, (12, 16), "clip-b32", 0.01),
+    "clip-4f-noun": Stage(4, "noun", ("webvid",), 800, 3e-6, 10, (6, 8), "clip-b32", 0.01),
+    "clip-4f-verb": Stage(4, "verb", ("webvid",), 800, 1e-6, 10, (6, 8), "clip-b32", 0.01),
+    # its demo: a tiny CLIP-shaped model from scratch (no CLIP weights ship offline), the demo recipe
+    "demo-clip-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 32, 5e-4, 6, (4,), "clip-tiny"),
+    "demo-clip-4f-noun": Stage(4, "noun", ("webvid",), 32, 3e-4, 4, (3,), "clip-tiny"),
+    "demo-clip-4f-verb": Stage(4, "verb", ("webvid",), 32, 1e-4, 3, (2,), "clip-tiny"),
 }
 CURRICULUM = ("1f-noun", "4f-noun", "4f-verb")

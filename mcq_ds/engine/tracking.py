@@ -95,6 +95,8 @@ def _mlflow_client(uri: str | None, local_dir: Path) -> tuple[MlflowClient, str 
     if uri is None:
         local_dir = local_dir.resolve()
         return MlflowClient(f"sqlite:///{local_dir}/mlflow.db"), (local_dir / "mlartifacts").as_uri()
+    if uri.startswith("sqlite:///"):  # a shared local store (e.g. every stage of the demo): artifacts beside it
+        return MlflowClient(uri), (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
     return MlflowClient(uri), None
 
 

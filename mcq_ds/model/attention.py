@@ -32,7 +32,8 @@ class FactorisedAttention(nn.Module):
     """Multi-head self-attention with the global-[CLS], per-group layout.
 
     `key_mask` (B, 1 + n), True where a token is real, masks padding keys; it is the same for every group (the
-    question mask tiled over frames in the bridge stream). With one group this is plain ViT attention.
+    question mask tiled over frames in the bridge stream). With one group this is plain ViT attention, and with
+    `causal` (one group only) each query sees itself and the tokens before it: CLIP's text attention.
     """
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
@@ -41,7 +42,10 @@ class FactorisedAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, groups: int, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, groups: int, key_mask: torch.Tensor | None = None,
+                causal: bool = False) -> torch.Tensor:
+        if causal and groups != 1:
+            raise ValueError("causal attention is for a single sequence (groups=1)")
         b, n, dim = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         cls_mask = None
@@ -49,7 +53,7 @@ class FactorisedAttention(nn.Module):
             tiled = torch.cat([key_mask[:, :1], key_mask[:, 1:].repeat(1, groups)], dim=1)
             cls_mask = tiled[:, None, None, :]
         if groups == 1:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=cls_mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=cls_mask, is_causal=causal)
         else:
             cls_out = F.scaled_dot_product_attention(q[:, :, :1], k, v, attn_mask=cls_mask)
             kg = torch.cat([_repeat_per_group(k[:, :, :1], groups), _split_groups(k[:, :, 1:], groups)], dim=2)

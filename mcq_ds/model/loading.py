@@ -1,4 +1,5 @@
-"""Weights in and out: the timm ViT initialisation, the original MCQ checkpoints, and mcq-ds model folders.
+"""Weights in and out: the timm ViT initialisation, the original MCQ checkpoints, and mcq-ds model folders (of
+either model family: `MCQ`, or the CLIP-initialised `CLIPMCQ` whose CLIP imports live in `clip_loading`).
 
 Every load is strict: each key of a file is mapped or dropped on purpose, and anything unknown or missing is an
 error that names the keys (the original's `strict=False` silently gave half-random models, SPEC §8).
@@ -14,6 +15,8 @@ from timm.layers import resample_abs_pos_embed
 from transformers import PreTrainedTokenizerBase
 
 from ..config import MCQConfig, TextConfig, VideoConfig
+from .clip import CLIPMCQ, CLIPMCQConfig
+from .clip_tokenizer import load_clip_tokenizer
 from .mcq import MCQ
 from .text_former import load_tokenizer
 from .video_former import VideoFormer
@@ -166,37 +169,58 @@ def from_original(path: str | Path, num_frames: int = 4, bridge: bool = True, to
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# mcq-ds model folders: model.safetensors + config.json + tokenizer/
+# Either model family from its config, and mcq-ds model folders: model.safetensors + config.json + tokenizer/
+
+def model_config_from_dict(d: dict) -> MCQConfig | CLIPMCQConfig:
+    """The config of a `config.json`; its `family` ("clip") says which model it builds (none: MCQ)."""
+    return CLIPMCQConfig.from_dict(d) if d.get("family") == "clip" else MCQConfig.from_dict(d)
+
+
+def create_model(cfg: MCQConfig | CLIPMCQConfig) -> MCQ | CLIPMCQ:
+    """A freshly initialised model of the config's family."""
+    return CLIPMCQ(cfg) if isinstance(cfg, CLIPMCQConfig) else MCQ(cfg)
+
+
+def create_tokenizer(cfg: MCQConfig | CLIPMCQConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer the config names (CLIP's BPE for the CLIP family, WordPiece for MCQ)."""
+    if isinstance(cfg, CLIPMCQConfig):
+        return load_clip_tokenizer(cfg.text.tokenizer, cfg.text.vocab_size, cfg.text.max_length)
+    return load_tokenizer(cfg.text)
+
 
 _DISTILBERT_FIELDS = ("vocab_size", "max_position_embeddings", "dim", "n_layers", "n_heads", "hidden_dim",
                       "activation", "dropout", "attention_dropout", "pad_token_id")
 
 
-def save_pretrained(model: MCQ, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
+def save_pretrained(model: MCQ | CLIPMCQ, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
     """Writes a self-contained model folder: no other file is needed to load it back."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = MCQConfig.from_dict(model.cfg.to_dict())
-    encoder = model.text_model.encoder.config
-    cfg.text = TextConfig(arch={k: getattr(encoder, k) for k in _DISTILBERT_FIELDS}, tokenizer="tokenizer",
-                          max_length=cfg.text.max_length)
+    cfg = type(model.cfg).from_dict(model.cfg.to_dict())
+    if isinstance(model, MCQ):
+        encoder = model.text_model.encoder.config
+        cfg.text = TextConfig(arch={k: getattr(encoder, k) for k in _DISTILBERT_FIELDS}, tokenizer="tokenizer",
+                              max_length=cfg.text.max_length)
+    else:
+        cfg.text.tokenizer = "tokenizer"
     tokenizer.save_pretrained(folder / "tokenizer")
     save_safetensors_atomic(model.state_dict(), folder / "model.safetensors")
     cfg.save(folder / "config.json")  # written last: a folder with config.json is complete
     return folder
 
 
-def load_pretrained(folder: str | Path, bridge: bool | None = None) -> tuple[MCQ, PreTrainedTokenizerBase]:
+def load_pretrained(folder: str | Path, bridge: bool | None = None
+                    ) -> tuple[MCQ | CLIPMCQ, PreTrainedTokenizerBase]:
     """Loads a folder written by `save_pretrained`. `bridge=False` drops the BridgeFormer (the retrieval model)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no config.json; not an mcq-ds model folder (or an unfinished export)")
-    cfg = MCQConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    cfg = model_config_from_dict(json.loads((folder / "config.json").read_text()))
     state = read_state_dict(folder / "model.safetensors")
     if bridge is False and cfg.bridge:
         cfg.bridge = False
         state = {k: v for k, v in state.items() if not k.startswith(_BRIDGE_PREFIXES)}
     cfg.text.tokenizer = str(folder / cfg.text.tokenizer) if cfg.text.tokenizer else None
-    model = MCQ(cfg)
+    model = create_model(cfg)
     model.load_state_dict(state, strict=True)
-    return model, load_tokenizer(cfg.text)
+    return model, create_tokenizer(cfg)

@@ -31,7 +31,52 @@ class Embeddings(NamedTuple):
     bridge: torch.Tensor | None
 
 
-class MCQ(nn.Module):
+class ThreeFormer(nn.Module):
+    """The MCQ pre-training step, shared by every model family; a family says how its towers pool (`_text_pass`,
+    `_video_pass`) and which question token is the bridge's [CLS] (`_question_states`)."""
+
+    def _text_pass(self, ids: torch.Tensor, mask: torch.Tensor, hidden_states: bool
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        raise NotImplementedError
+
+    def _video_pass(self, video: torch.Tensor, keep_block_inputs: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        raise NotImplementedError
+
+    def _question_states(self, states: tuple[torch.Tensor, ...], mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return states
+
+    def encode_text(self, text: Tokens) -> torch.Tensor:
+        return self._text_pass(text.ids, text.mask, False)[0]
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """video: (B, F, 3, H, W), normalised; F may be fewer than the configured number of frames."""
+        return self._video_pass(video, False)[0]
+
+    def forward(self, video: torch.Tensor, text: Tokens, question: Tokens | None = None,
+                answer: Tokens | None = None) -> Embeddings:
+        """All four embeddings of the MCQ pre-training step (text and video only when no question is given).
+
+        Caption, answer and question go through the text tower as one batch padded to a common length: padding is
+        masked (and comes after every real token), so every real token's states are those of separate passes, with
+        one encoder call instead of three.
+        """
+        if question is None or answer is None:
+            if question is not None or answer is not None:
+                raise ValueError("question and answer go together")
+            return Embeddings(self.encode_text(text), self.encode_video(video), None, None)
+        if not hasattr(self, "bridge_model"):
+            raise ValueError("this model was built without its BridgeFormer (bridge=false); it cannot answer questions")
+        b, q_len = text.ids.shape[0], question.ids.shape[1]
+        ids, mask = _pad_cat([text, answer, question])
+        pooled, hidden = self._text_pass(ids, mask, True)
+        text_emb, answer_emb = pooled[: 2 * b].split(b)
+        question_states = self._question_states(tuple(h[2 * b:, :q_len] for h in hidden), question.mask)
+        video_emb, block_inputs = self._video_pass(video, True)
+        bridge = self.bridge_model(block_inputs, question_states, question.mask, frames=video.shape[1])
+        return Embeddings(text_emb, video_emb, answer_emb, self.bridge_proj(bridge))
+
+
+class MCQ(ThreeFormer):
     def __init__(self, cfg: MCQConfig):
         super().__init__()
         self.cfg = cfg
@@ -64,36 +109,13 @@ class MCQ(nn.Module):
         elif encoder.is_gradient_checkpointing:
             encoder.gradient_checkpointing_disable()
 
-    def encode_text(self, text: Tokens) -> torch.Tensor:
-        last, _ = self.text_model(text.ids, text.mask)
-        return self.text_proj(last[:, 0])
+    def _text_pass(self, ids, mask, hidden_states):
+        last, hidden = self.text_model(ids, mask, hidden_states=hidden_states)
+        return self.text_proj(last[:, 0]), hidden
 
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """video: (B, F, 3, H, W), normalised; F may be fewer than the configured number of frames."""
-        cls, _ = self.video_model(video)
-        return self.video_proj(cls)
-
-    def forward(self, video: torch.Tensor, text: Tokens, question: Tokens | None = None,
-                answer: Tokens | None = None) -> Embeddings:
-        """All four embeddings of the MCQ pre-training step (text and video only when no question is given).
-
-        Caption, answer and question go through the TextFormer as one batch padded to a common length: padding is
-        masked, so every real token's states are those of separate passes, with one encoder call instead of three.
-        """
-        if question is None or answer is None:
-            if question is not None or answer is not None:
-                raise ValueError("question and answer go together")
-            return Embeddings(self.encode_text(text), self.encode_video(video), None, None)
-        if not hasattr(self, "bridge_model"):
-            raise ValueError("this model was built without its BridgeFormer (bridge=false); it cannot answer questions")
-        b, q_len = text.ids.shape[0], question.ids.shape[1]
-        ids, mask = _pad_cat([text, answer, question])
-        last, hidden = self.text_model(ids, mask, hidden_states=True)
-        text_emb, answer_emb = self.text_proj(last[: 2 * b, 0]).split(b)
-        question_states = tuple(h[2 * b:, :q_len] for h in hidden)
-        cls, block_inputs = self.video_model(video, keep_block_inputs=True)
-        bridge = self.bridge_model(block_inputs, question_states, question.mask, frames=video.shape[1])
-        return Embeddings(text_emb, self.video_proj(cls), answer_emb, self.bridge_proj(bridge))
+    def _video_pass(self, video, keep_block_inputs):
+        cls, block_inputs = self.video_model(video, keep_block_inputs=keep_block_inputs)
+        return self.video_proj(cls), block_inputs
 
 
 def _pad_cat(batches: list[Tokens]) -> Tokens:

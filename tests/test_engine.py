@@ -1,0 +1,133 @@
+"""`mcq-ds train` end to end on the real DeepSpeed engine and launcher (gloo on CPU), with the demo shards."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mcq_ds.model import load_pretrained
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def train_args(shards, out, *extra) -> list[str]:
+    return ["train", "--stage", "demo-1f-noun", "--model", "tiny", "--data", f"cc3m={shards['cc3m']}",
+            "--data", f"webvid={shards['webvid']}", "--out", str(out), "--global-batch", "8", "--workers", "1",
+            "--log-every", "1", "--mlflow-uri", "none", "--no-hflip", *extra]
+
+
+def mcq_ds(*args, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mcq_ds.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def losses(out: Path) -> dict[int, float]:
+    """Per-step loss from the run's local tracking record (every segment of a resumed run)."""
+    found = {}
+    for line in (out / "tracking.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["event"] == "metrics":
+            found[event["step"]] = event["metrics"]["loss"]
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_killed_run_resumes_with_the_same_batches_and_losses(demo_shards, tmp_path):
+    steps = ["--max-steps", "8", "--save-every", "3"]
+    finish(mcq_ds(*train_args(demo_shards, tmp_path / "straight", *steps)))
+
+    victim = mcq_ds(*train_args(demo_shards, tmp_path / "killed", *steps))
+    marker = tmp_path / "killed/checkpoints/step00000003/complete.json"
+    deadline = time.time() + 600
+    while not marker.exists():
+        assert victim.poll() is None, victim.stdout.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(victim.pid, signal.SIGKILL)  # kill -9, mid-run
+    victim.wait()
+    assert not (tmp_path / "killed/checkpoints/step00000006/complete.json").exists()
+    assert not (tmp_path / "killed/model").exists()
+
+    resumed = finish(mcq_ds(*train_args(demo_shards, tmp_path / "killed", *steps)))
+    assert "resumed from" in resumed and "step00000003" in resumed
+    straight, killed = losses(tmp_path / "straight"), losses(tmp_path / "killed")
+    assert sorted(straight) == list(range(1, 9)) and set(killed) >= set(range(4, 9))
+    for step in range(4, 9):
+        assert killed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-6), step
+    a = load_file(tmp_path / "straight/model/model.safetensors")
+    b = load_file(tmp_path / "killed/model/model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # the last k complete checkpoints are kept; the export loads as a model
+    assert sorted(p.name for p in (tmp_path / "killed/checkpoints").glob("step*")) == ["step00000006", "step00000008"] \
+        or len(list((tmp_path / "killed/checkpoints").glob("step*"))) <= 3
+    model, _ = load_pretrained(tmp_path / "killed/model")
+    assert model.cfg.video.num_frames >= 1
+
+
+def test_two_ranks_train_and_resume_on_one_rank(demo_shards, tmp_path):
+    """2 CPU ranks through the real `deepspeed` launcher, then the same run continued on 1 rank (ZeRO partitions
+    re-sharded through DeepSpeed's universal checkpoint)."""
+    out = tmp_path / "run"
+    launcher = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module",
+                "mcq_ds.cli"]
+    proc = subprocess.run([*launcher, *train_args(demo_shards, out, "--max-steps", "2", "--save-every", "2")],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    marker = json.loads((out / "checkpoints/step00000002/complete.json").read_text())
+    assert marker["world_size"] == 2
+    params = [json.loads(l) for l in (out / "tracking.jsonl").read_text().splitlines()
+              if json.loads(l)["event"] == "params"]
+    assert params[0]["params"]["world_size"] == "2"
+
+    resumed = finish(mcq_ds(*train_args(demo_shards, out, "--max-steps", "4", "--save-every", "2")))
+    assert "resuming on 1 ranks from a checkpoint written by 2" in resumed
+    assert (out / "checkpoints/universal/step00000002").is_dir()
+    assert set(losses(out)) >= {1, 2, 3, 4}
+    assert json.loads((out / "checkpoints/step00000004/complete.json").read_text())["world_size"] == 1
+
+
+def test_two_nodes_without_ssh(demo_shards, tmp_path):
+    """Two 'nodes' on this machine, one rank each, each started by its own launcher with --no_ssh --node_rank."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
+    port = str(free_port())
+    out = tmp_path / "run"
+    procs = []
+    for node in (0, 1):
+        cmd = [str(VENV_BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(node),
+               "--master_addr", "127.0.0.1", "--master_port", port, "--module", "mcq_ds.cli",
+               *train_args(demo_shards, out, "--max-steps", "2", "--save-every", "2")]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env={**os.environ, "HF_HUB_OFFLINE": "1"}))
+    for proc in procs:
+        finish(proc)
+    assert json.loads((out / "checkpoints/step00000002/complete.json").read_text())["world_size"] == 2
+    assert (out / "model/model.safetensors").is_file()
+
+
+def test_short_training_run_through_the_dali_loader(demo_shards, tmp_path):
+    out = tmp_path / "dali"
+    finish(mcq_ds(*train_args(demo_shards, out, "--loader", "dali", "--max-steps", "3", "--save-every", "2")))
+    assert sorted(losses(out)) == [1, 2, 3]
+    assert all(0 < loss < 50 for loss in losses(out).values())
+    own = torch.load(out / "checkpoints/step00000002/rank0.pt", weights_only=True)
+    assert set(own["loaders"]) == {"cc3m", "webvid"}  # the DALI readers' positions travel with the checkpoint
