@@ -21,7 +21,7 @@ from mcq_ds.eval.checkpoint import load_model
 from mcq_ds.eval.data import (ClipSpec, clip_tensor, eval_transform, index_shards, rank_share, shard_paths,
                               window_frames)
 from mcq_ds.eval.extract import read_ids
-from mcq_ds.model import MCQ, load_tokenizer, save_pretrained
+from mcq_ds.model import MCQ, create_model, create_tokenizer, load_tokenizer, save_pretrained
 from mcq_ds.model.loading import mcq_to_original
 from shards.convert import Options, convert
 from shards.sources import msrvtt
@@ -121,6 +121,16 @@ def test_all_captions_and_sliding_window_with_workers(demo, tmp_path):
     # the test split stores one caption per video (the 1k-A choice): --all-captions falls back to it
     assert results["protocol"]["queries"] == VIDEOS
     assert results["protocol"]["frame_sampling"].startswith("sliding window, stride 1")
+
+
+def test_a_clip_family_model_evaluates_with_its_own_frames_and_statistics(demo, tmp_path):
+    model = create_model(preset("clip-tiny"))
+    save_pretrained(model, create_tokenizer(model.cfg), tmp_path / "clip")
+    results = retrieval.evaluate(parse(tmp_path / "clip", demo / "msrvtt_test", "--workers", 0, "--mlflow-uri", "none",
+                                       "--quiet"))
+    assert results["protocol"]["frames"] == model.cfg.video.num_frames == 8
+    assert results["protocol"]["transform"].endswith("clip mean/std")
+    assert results["out"].endswith("msrvtt_test-8f.json")
 
 
 def test_frame_windows_and_transform():

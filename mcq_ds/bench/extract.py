@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
             save_pretrained(model, load_tokenizer(model.cfg.text), folder)
         loaded = load_model(folder, frames=args.frames)
         loaded.model.to(device)
-        spec = ClipSpec(args.frames, loaded.model.cfg.video.img_size)
+        spec = ClipSpec.of(loaded.model, args.frames)
         paths = write_videos(tmp, args.videos, args.seconds, args.width, args.height, args.fps)
         result = {
             "device": str(device), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),

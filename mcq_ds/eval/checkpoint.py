@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..config import MCQConfig, preset
+from ..config import preset
 from ..engine.checkpoints import complete_checkpoints
-from ..model import MCQ, from_original, load_pretrained, load_tokenizer
+from ..model import (CLIPMCQ, MCQ, create_model, create_tokenizer, from_original, load_pretrained, load_tokenizer,
+                     model_config_from_dict)
 from ..model.weights_io import load_pickled
 
 # Classes a ZeRO checkpoint's optimizer files pickle besides tensors (DeepSpeed 0.16–0.19).
@@ -41,7 +42,7 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 @dataclass
 class LoadedModel:
-    model: MCQ
+    model: MCQ | CLIPMCQ
     tokenizer: PreTrainedTokenizerBase
     kind: str  # "model folder", "deepspeed", "original"
     path: Path  # the file or folder the weights came from
@@ -73,7 +74,7 @@ def load_model(path: str | Path, bridge: bool = False, frames: int | None = None
     else:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if frames is not None and frames > loaded.model.cfg.video.num_frames:
-        if loaded.model.cfg.video.temporal_attention:
+        if getattr(loaded.model.cfg.video, "temporal_attention", False):
             raise ValueError(f"{path}: this model's temporal table has {loaded.model.cfg.video.num_frames} frames; "
                              f"it cannot take {frames}")
         loaded.model.cfg.video.num_frames = frames  # only a bound: the position table is tiled per frame
@@ -84,6 +85,9 @@ def load_model(path: str | Path, bridge: bool = False, frames: int | None = None
 def _original(path: Path, bridge: bool, frames: int | None, tokenizer: str | None):
     try:
         model = from_original(path, num_frames=frames or 4, bridge=bridge, tokenizer=tokenizer)
+    except KeyError as err:  # a tensor every MCQ checkpoint has is missing
+        raise ValueError(f"{path}: not an original MCQ checkpoint (no {err}); for CLIP weights such as MCQ_CLIP.pth "
+                         "make a model folder first with `mcq-ds convert-clip`") from None
     except ValueError as err:
         if bridge and "no BridgeFormer" in str(err):
             raise ValueError(f"{path}: {err}. Attention maps need the BridgeFormer: use a pre-training checkpoint "
@@ -114,7 +118,7 @@ def _check_pickles(tag: Path) -> None:
                              "of mcq-ds never holds; it will not be unpickled")
 
 
-def _deepspeed(tag: Path, bridge: bool) -> tuple[MCQ, PreTrainedTokenizerBase, int | None]:
+def _deepspeed(tag: Path, bridge: bool) -> tuple[MCQ | CLIPMCQ, PreTrainedTokenizerBase, int | None]:
     _check_pickles(tag)
     states = sorted(tag.glob("*model_states.pt"))
     client = load_pickled(states[0])
@@ -126,30 +130,30 @@ def _deepspeed(tag: Path, bridge: bool) -> tuple[MCQ, PreTrainedTokenizerBase, i
         state = client["module"]
     else:
         raise ValueError(f"{states[0]}: no 'module' weights and no ZeRO optimizer files; not a DeepSpeed checkpoint")
-    cfg, tokenizer = _run_model_config(tag, client.get("config") or {})
+    cfg = _run_model_config(tag, client.get("config") or {})
     if not bridge:
         cfg.bridge = False
         state = {k: v for k, v in state.items() if not k.startswith(_BRIDGE_PREFIXES)}
     elif not cfg.bridge:
         raise ValueError(f"{tag}: this run trained without a BridgeFormer; attention maps need one")
-    model = MCQ(cfg)
+    model = create_model(cfg)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return model, tokenizer, client.get("step")
+    return model, create_tokenizer(cfg), client.get("step")
 
 
-def _run_model_config(tag: Path, train: dict) -> tuple[MCQConfig, PreTrainedTokenizerBase]:
+def _run_model_config(tag: Path, train: dict):
     """The architecture a training run built (as `mcq-ds train` builds it): its export, its `--init` folder, or
-    its preset with the stage's frame count."""
+    its preset with the stage's frame count; either model family."""
     run = tag.parent.parent
     for folder in (run / "model", Path(train["init"]) if train.get("init") else None):
         if folder is not None and (folder / "config.json").is_file():
-            cfg = MCQConfig.from_dict(json.loads((folder / "config.json").read_text()))
+            cfg = model_config_from_dict(json.loads((folder / "config.json").read_text()))
             if cfg.text.tokenizer and not Path(cfg.text.tokenizer).is_absolute():
                 cfg.text.tokenizer = str(folder / cfg.text.tokenizer)
-            return cfg, load_tokenizer(cfg.text)
+            return cfg
     if not train.get("model"):
         raise ValueError(f"{tag}: cannot tell the model's architecture: no {run / 'model'}/config.json, and the "
                          "checkpoint's training config names neither an --init folder that still exists nor a preset")
     cfg = preset(train["model"])
     cfg.video.num_frames = max(cfg.video.num_frames, train.get("frames") or 1)
-    return cfg, load_tokenizer(cfg.text)
+    return cfg

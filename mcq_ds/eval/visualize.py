@@ -87,7 +87,7 @@ def draw_figure(frames: np.ndarray, heat: np.ndarray, labels: list[str], caption
 
 
 def attention_figure(model_path: str | Path, video: str | Path, caption: str, nouns: list[str], verbs: list[str],
-                     frames: int = 4, tokens: str = "words", block: int | None = -1, cell: int = 224,
+                     frames: int | None = None, tokens: str = "words", block: int | None = -1, cell: int = 224,
                      tokenizer: str | None = None, device: str | None = None) -> AttentionFigure:
     questions = [("noun", p) for p in nouns] + [("verb", p) for p in verbs]
     if not questions:
@@ -95,7 +95,7 @@ def attention_figure(model_path: str | Path, video: str | Path, caption: str, no
     device = torch.device(device or "cpu")
     loaded = load_model(model_path, bridge=True, frames=frames, tokenizer=tokenizer)
     model, tok = loaded.model.to(device), loaded.tokenizer
-    spec = ClipSpec(frames, model.cfg.video.img_size)
+    spec = ClipSpec.of(model, frames)
     try:
         clip, _ = video_file_clip(video, spec)
     except MediaError as err:
@@ -130,7 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verb", action="append", default=[], metavar="PHRASE",
                         help="a verb phrase of the caption to ask about (repeatable; one row each)")
     parser.add_argument("-o", "--out", type=Path, default=Path("attention.png"), help="PNG (default %(default)s)")
-    parser.add_argument("--frames", type=int, default=4, help="frames, segment midpoints as eval (default 4)")
+    parser.add_argument("--frames", type=int, help="frames, segment midpoints as eval (default: the model's)")
     parser.add_argument("--tokens", choices=["words", "masks", "cls"], default="words",
                         help="which question tokens' attention to draw: every word token (default), only the "
                         "[MASK] tokens of the hidden phrase, or the question [CLS]")
