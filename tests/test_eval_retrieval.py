@@ -191,7 +191,7 @@ DEEPSPEED_SAVE = textwrap.dedent("""
     model_dir, out = sys.argv[1], sys.argv[2]
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[3])
     torch.distributed.init_process_group("gloo")
-    for name, zero in (("zero0", 0), ("zero1", 1)):
+    for name, zero in (("zero0", 0), ("zero1", 1), ("zero3", 3)):
         model, _ = load_pretrained(model_dir)
         ds = {"train_micro_batch_size_per_gpu": 1, "train_batch_size": 1, "zero_optimization": {"stage": zero},
               "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}}
@@ -209,7 +209,7 @@ def test_deepspeed_checkpoints_load_with_the_trained_weights(demo, tmp_path):
                    cwd=ROOT)
     reference = load_model(demo / "model").model
     video = torch.randn(2, 4, 3, 64, 64)
-    for name in ("zero0", "zero1"):
+    for name in ("zero0", "zero1", "zero3"):
         for path in (tmp_path / name, tmp_path / name / "checkpoints" / "step00000007"):
             loaded = load_model(path)
             assert loaded.kind == "deepspeed" and loaded.step == 7
