@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Zero-shot retrieval evaluation on every GPU of this machine (or several machines) with torchrun: each rank embeds
+# its share of the shards, rank 0 gathers the embeddings and writes the metrics (JSON next to the checkpoint + MLflow).
+#
+#   launch/eval.sh MODEL SHARDS [`mcq-ds eval` flags]          e.g.  launch/eval.sh MCQ.pth shards/msrvtt_test
+#
+# MODEL: an exported model folder, a training run OUT (its newest checkpoint) or OUT/checkpoints/stepNNNNNNNN, or
+# the original MCQ.pth. GPUS (default: all visible, 1 without a GPU) sets the ranks on this machine. Several
+# machines: run it on each with NNODES, NODE_RANK and MASTER_ADDR (the host of node 0) set, as torchrun expects.
+set -euo pipefail
+if [ $# -lt 2 ]; then sed -n '2,9p' "$0"; exit 2; fi
+GPUS=${GPUS:-$(python -c 'import torch; print(max(1, torch.cuda.device_count()))')}
+exec torchrun --nproc_per_node "$GPUS" --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" \
+  --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29511}" \
+  -m mcq_ds.eval.retrieval "$@"

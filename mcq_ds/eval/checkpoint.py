@@ -1,0 +1,159 @@
+"""One loader for every kind of checkpoint a user evaluates: what `mcq-ds eval`, `extract`, `search` and
+`visualize` accept as MODEL.
+
+* an exported model folder (`model.safetensors` + `config.json` + `tokenizer/`, e.g. a run's `OUT/model`);
+* a DeepSpeed checkpoint written by `mcq-ds train`: the run folder `OUT` (its newest complete checkpoint), its
+  `OUT/checkpoints` folder (the same), or one tag folder `OUT/checkpoints/stepNNNNNNNN`. ZeRO 1–3 checkpoints are
+  consolidated into fp32 from the optimizer's master copy with DeepSpeed's `zero_to_fp32`; a ZeRO-0 checkpoint
+  holds the weights themselves (`mp_rank_00_model_states.pt`, entry `module`). The architecture comes from the
+  run's `OUT/model/config.json` when the run got that far, else from the training config stored in the checkpoint
+  (its `--init` model folder, or its model preset);
+* an original MCQ checkpoint (`MCQ.pth`, `MCQ_1frame.pth`, or any `.pth`/`.pt`/`.bin`/`.safetensors` in that key
+  layout), read without executing pickled code.
+
+DeepSpeed's consolidation reads its files with `weights_only=False`, so every pickle of the checkpoint is first
+checked without unpickling it: it may name tensors, plain data and the three DeepSpeed classes a ZeRO checkpoint
+holds, nothing else. Anything more is refused before DeepSpeed opens the file.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..config import preset
+from ..engine.checkpoints import complete_checkpoints
+from ..model import (CLIPMCQ, MCQ, create_model, create_tokenizer, from_original, load_pretrained, load_tokenizer,
+                     model_config_from_dict)
+from ..model.weights_io import load_pickled
+
+# Classes a ZeRO checkpoint's optimizer files pickle besides tensors (DeepSpeed 0.16–0.19).
+_DEEPSPEED_CLASSES = frozenset({
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+})
+_BRIDGE_PREFIXES = ("bridge_model.", "bridge_proj.")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+@dataclass
+class LoadedModel:
+    model: MCQ | CLIPMCQ
+    tokenizer: PreTrainedTokenizerBase
+    kind: str  # "model folder", "deepspeed", "original"
+    path: Path  # the file or folder the weights came from
+    step: int | None = None  # the training step, for DeepSpeed checkpoints
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind, "step": self.step,
+                "bridge": hasattr(self.model, "bridge_model"), "max_frames": self.model.cfg.video.num_frames}
+
+
+def load_model(path: str | Path, bridge: bool = False, frames: int | None = None,
+               tokenizer: str | None = None) -> LoadedModel:
+    """The model behind `path`, in eval mode on the CPU. `bridge=False` drops the BridgeFormer (retrieval needs
+    only the two encoders); `frames` raises the model's frame limit where nothing in it depends on the frame count
+    (MCQ has no temporal parameter); `tokenizer` is only used for original checkpoints, which do not carry one."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise ValueError(f"{path}: not a checkpoint; give a model folder, a training run or checkpoint folder, "
+                             f"or an original MCQ weight file ({', '.join(WEIGHT_SUFFIXES)})")
+        loaded = LoadedModel(*_original(path, bridge, frames, tokenizer), "original", path)
+    elif (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        model, tok = load_pretrained(path, bridge=bridge)
+        loaded = LoadedModel(model, tok, "model folder", path)
+    elif path.is_dir():
+        tag = deepspeed_tag(path)
+        model, tok, step = _deepspeed(tag, bridge)
+        loaded = LoadedModel(model, tok, "deepspeed", tag, step)
+    else:
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if frames is not None and frames > loaded.model.cfg.video.num_frames:
+        if getattr(loaded.model.cfg.video, "temporal_attention", False):
+            raise ValueError(f"{path}: this model's temporal table has {loaded.model.cfg.video.num_frames} frames; "
+                             f"it cannot take {frames}")
+        loaded.model.cfg.video.num_frames = frames  # only a bound: the position table is tiled per frame
+    loaded.model.eval()
+    return loaded
+
+
+def _original(path: Path, bridge: bool, frames: int | None, tokenizer: str | None):
+    try:
+        model = from_original(path, num_frames=frames or 4, bridge=bridge, tokenizer=tokenizer)
+    except KeyError as err:  # a tensor every MCQ checkpoint has is missing
+        raise ValueError(f"{path}: not an original MCQ checkpoint (no {err}); for CLIP weights such as MCQ_CLIP.pth "
+                         "make a model folder first with `mcq-ds convert-clip`") from None
+    except ValueError as err:
+        if bridge and "no BridgeFormer" in str(err):
+            raise ValueError(f"{path}: {err}. Attention maps need the BridgeFormer: use a pre-training checkpoint "
+                             "(MCQ.pth holds it) or a model folder exported by `mcq-ds train`") from None
+        raise
+    return model, load_tokenizer(model.cfg.text)
+
+
+def deepspeed_tag(folder: Path) -> Path:
+    """The tag folder to read: `folder` itself when it holds model states, else the newest complete checkpoint
+    under `folder/checkpoints` or `folder`."""
+    if any(folder.glob("*model_states.pt")):
+        return folder
+    for ckpt_dir in (folder / "checkpoints", folder):
+        found = complete_checkpoints(ckpt_dir)
+        if found:
+            return found[-1]
+    raise FileNotFoundError(f"{folder}: no model folder (config.json + model.safetensors), no DeepSpeed "
+                            "checkpoint (*model_states.pt) and no complete checkpoint under checkpoints/; give a "
+                            "run's OUT/model, OUT, or OUT/checkpoints/stepNNNNNNNN")
+
+
+def _check_pickles(tag: Path) -> None:
+    for file in sorted(tag.glob("*.pt")):
+        foreign = set(torch.serialization.get_unsafe_globals_in_checkpoint(file)) - _DEEPSPEED_CLASSES
+        if foreign:
+            raise ValueError(f"{file}: refused, the file names {sorted(foreign)[:5]}, which a DeepSpeed checkpoint "
+                             "of mcq-ds never holds; it will not be unpickled")
+
+
+def _deepspeed(tag: Path, bridge: bool) -> tuple[MCQ | CLIPMCQ, PreTrainedTokenizerBase, int | None]:
+    _check_pickles(tag)
+    states = sorted(tag.glob("*model_states.pt"))
+    client = load_pickled(states[0])
+    if any(tag.glob("*zero_pp_rank_*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(tag.parent), tag=tag.name)
+    elif isinstance(client.get("module"), dict):
+        state = client["module"]
+    else:
+        raise ValueError(f"{states[0]}: no 'module' weights and no ZeRO optimizer files; not a DeepSpeed checkpoint")
+    cfg = _run_model_config(tag, client.get("config") or {})
+    if not bridge:
+        cfg.bridge = False
+        state = {k: v for k, v in state.items() if not k.startswith(_BRIDGE_PREFIXES)}
+    elif not cfg.bridge:
+        raise ValueError(f"{tag}: this run trained without a BridgeFormer; attention maps need one")
+    model = create_model(cfg)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model, create_tokenizer(cfg), client.get("step")
+
+
+def _run_model_config(tag: Path, train: dict):
+    """The architecture a training run built (as `mcq-ds train` builds it): its export, its `--init` folder, or
+    its preset with the stage's frame count; either model family."""
+    run = tag.parent.parent
+    for folder in (run / "model", Path(train["init"]) if train.get("init") else None):
+        if folder is not None and (folder / "config.json").is_file():
+            cfg = model_config_from_dict(json.loads((folder / "config.json").read_text()))
+            if cfg.text.tokenizer and not Path(cfg.text.tokenizer).is_absolute():
+                cfg.text.tokenizer = str(folder / cfg.text.tokenizer)
+            return cfg
+    if not train.get("model"):
+        raise ValueError(f"{tag}: cannot tell the model's architecture: no {run / 'model'}/config.json, and the "
+                         "checkpoint's training config names neither an --init folder that still exists nor a preset")
+    cfg = preset(train["model"])
+    cfg.video.num_frames = max(cfg.video.num_frames, train.get("frames") or 1)
+    return cfg

@@ -1,0 +1,91 @@
+"""Running the two encoders at evaluation time: device and precision choice, windows averaged per video,
+texts in batches, and the process group of a multi-GPU evaluation."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..data.batch import Batch, Tokens
+from ..model import MCQ
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """`device` if given, else this rank's GPU (LOCAL_RANK) when there is one, else the CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size). Joins the process group a launcher (torchrun, deepspeed) describes in the environment;
+    a plain command is rank 0 of 1 and needs no group."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def l2_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Unit rows, the norm clamped at `eps` as the original's `sim_matrix`."""
+    x = x.float()
+    return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
+@torch.no_grad()
+def embed_windows(model: MCQ, video: torch.Tensor, window_owner: torch.Tensor, count: int, device: torch.device,
+                  precision: str = "fp32") -> torch.Tensor:
+    """(count, D) video embeddings on the CPU, fp32, not normalised: the mean over each video's windows (rows of
+    `video` whose `window_owner` is that video), as the original averages windows before the cosine."""
+    with autocast(device, precision):
+        windows = model.encode_video(video.to(device, non_blocking=True)).float().cpu()
+    summed = torch.zeros(count, windows.shape[1]).index_add_(0, window_owner, windows)
+    return summed / torch.bincount(window_owner, minlength=count).unsqueeze(1)
+
+
+@torch.no_grad()
+def embed_batch(model: MCQ, batch: Batch, device: torch.device, precision: str = "fp32"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(video, text) embeddings of an evaluation batch, on the CPU, fp32, not normalised."""
+    window_owner = batch.extra.get("window_owner", torch.arange(len(batch)))
+    video = embed_windows(model, batch.video, window_owner, len(batch), device, precision)
+    with autocast(device, precision):
+        text = model.encode_text(Tokens(batch.text.ids.to(device), batch.text.mask.to(device))).float().cpu()
+    return video, text
+
+
+def batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@torch.no_grad()
+def embed_texts(model: MCQ, tokenizer, texts: Sequence[str], device: torch.device, batch_size: int = 256,
+                precision: str = "fp32", progress: bool = False) -> np.ndarray:
+    """L2-normalised text embeddings (N, D) float32, in the order of `texts`."""
+    out = []
+    for chunk in tqdm(list(batched(texts, batch_size)), desc="texts", unit="batch", disable=not progress):
+        tokens = tokenizer(list(chunk), padding=True, truncation=True, max_length=model.cfg.text.max_length,
+                           return_tensors="pt")
+        with autocast(device, precision):
+            emb = model.encode_text(Tokens(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)))
+        out.append(l2_normalise(emb).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.embed_dim), np.float32)
