@@ -22,5 +22,10 @@ mcq-ds train --stage demo-4f-noun --data webvid="$OUT/shards/webvid" --init "$OU
   --out "$OUT/runs/4f-noun" $TRAIN
 mcq-ds train --stage demo-4f-verb --data webvid="$OUT/shards/webvid" --init "$OUT/runs/4f-noun/model" \
   --out "$OUT/runs/4f-verb" $TRAIN
-# <!-- EVAL -->
+MODEL="$OUT/runs/4f-verb/model"
+mcq-ds eval "$MODEL" "$OUT/shards/msrvtt-test" --mlflow-uri "sqlite:///$PWD/$OUT/mlflow.db" --experiment mcq-ds-demo
+mcq-ds extract "$MODEL" "$OUT/raw/msrvtt/videos/all" -o "$OUT/features" --workers 1 --quiet
+mcq-ds search "$OUT/features" "a blue square is sinking" --model "$MODEL" -k 5
+mcq-ds visualize "$MODEL" "$OUT/raw/msrvtt/videos/all/video1.mp4" "a blue square is sinking against dots" \
+  --noun "blue square" --verb "is sinking" -o "$OUT/attention.png"
 echo "demo finished in $(( $(date +%s) - start )) s; MLflow: mlflow ui --backend-store-uri sqlite:///$PWD/$OUT/mlflow.db"

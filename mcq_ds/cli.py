@@ -97,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=_train)
 
+    from .eval import extract, retrieval, search, visualize
+
+    for name, module, help_ in (
+            ("eval", retrieval, "zero-shot text-video retrieval on converted shards (the MSR-VTT 1k-A protocol)"),
+            ("extract", extract, "videos and text queries to L2-normalised embeddings (.npy + ids), resumable"),
+            ("search", search, "top-k video ids and scores for text queries over saved embeddings"),
+            ("visualize", visualize, "PNG of the BridgeFormer's cross-attention for noun/verb questions")):
+        p = sub.add_parser(name, help=help_, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+
     p = sub.add_parser("bench-model", help="forward+backward speed and peak memory of one training step",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
