@@ -12,7 +12,7 @@ import torch
 from mcq_ds.config import preset
 from mcq_ds.eval import extract
 from mcq_ds.eval.data import ClipSpec, CollateEval, ShardClips, index_shards, shard_paths
-from mcq_ds.eval.embed import embed_batch
+from mcq_ds.eval.embed import embed_batch, l2_normalise
 from mcq_ds.model import create_model, create_tokenizer, load_pretrained, save_pretrained
 
 
@@ -28,7 +28,7 @@ def test_extract_features_equal_the_eval_features_of_the_same_videos(demo_shards
     spec = ClipSpec.of(loaded)
     batch = CollateEval(tokenizer, loaded.cfg.text.max_length)([ShardClips(samples, range(3), spec)[i]
                                                                  for i in range(3)])
-    eval_video, _ = embed_batch(loaded.eval(), batch, torch.device("cpu"))
+    eval_video = l2_normalise(embed_batch(loaded.eval(), batch, torch.device("cpu"))[0])
 
     # the extraction path: the raw mp4 files those shards were made from
     raw = demo_shards["webvid"].parent / "raw/msrvtt/videos/all"
