@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import tarfile
 import tempfile
 import time
 from pathlib import Path

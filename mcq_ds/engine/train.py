@@ -21,7 +21,7 @@ import torch.distributed as dist
 from ..loss import MCQLoss
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
 from . import checkpoints
-from .config import DS_CONFIGS, TrainConfig, add_arguments, resolve
+from .config import DS_CONFIGS, TrainConfig, resolve
 from .schedule import step_decay, warmup_cosine
 from .tracking import Tracker
 
@@ -255,12 +255,6 @@ def _export(engine, ckpt_dir, step, model_cfg, tokenizer, out, rank) -> Path:
         save_pretrained(model, tokenizer, folder)
     dist.barrier()
     return folder
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import add_arguments as add_config_arguments
-
-    add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

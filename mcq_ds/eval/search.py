@@ -146,17 +146,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mcq-ds search", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"mcq-ds search: error: {err}", file=sys.stderr)
-        return 2
+if __name__ == "__main__":  # the same as `mcq-ds search ...`
+    from ..cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["search", *sys.argv[1:]]))

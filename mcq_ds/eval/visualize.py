@@ -151,16 +151,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mcq-ds visualize", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"mcq-ds visualize: error: {err}", file=sys.stderr)
-        return 2
+if __name__ == "__main__":  # the same as `mcq-ds visualize ...`
+    from ..cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["visualize", *sys.argv[1:]]))
