@@ -1,7 +1,7 @@
 """`mcq-ds train`: one stage of the MCQ curriculum on a DeepSpeed ZeRO engine.
 
 Run it directly on one machine (`mcq-ds train ...`) or under the DeepSpeed launcher across nodes
-(`deepspeed --hostfile hosts -m mcq_ds.cli train ...`, see launch/). The loop is the whole story on one screen:
+(`deepspeed --hostfile hosts --module mcq_ds.cli train ...`, see launch/). The loop is the whole story on one screen:
 take a batch of the step's source, embed, MCQ loss, backward, step; log; checkpoint.
 """
 from __future__ import annotations
@@ -126,8 +126,9 @@ def train(cfg: TrainConfig) -> Path:
         ds["checkpoint"] = {"load_universal": True}
     loaders = {source: make_loader(cfg.loader, LoaderConfig(
         shards=cfg.data[source], source=source, train=True, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
-        batch_size=ds["train_micro_batch_size_per_gpu"], workers=cfg.workers, seed=cfg.seed, rank=rank, world_size=world, tokenizer=tokenizer,
-        question_type=cfg.question_type, question_mode=cfg.question_mode, max_text_length=model.cfg.text.max_length,
+        batch_size=ds["train_micro_batch_size_per_gpu"], workers=cfg.workers, seed=cfg.seed, rank=rank,
+        world_size=world, tokenizer=tokenizer, question_type=cfg.question_type, question_mode=cfg.question_mode,
+        max_text_length=model.cfg.text.max_length,
         normalisation=model.cfg.normalisation, hflip=cfg.hflip))
         for source in cfg.sources}
     accumulation = ds["gradient_accumulation_steps"]
@@ -136,7 +137,7 @@ def train(cfg: TrainConfig) -> Path:
     optimizer = None
     if "optimizer" not in ds:  # the original's AdamW (SPEC §4.1): eps 1e-6, no weight decay
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
-    engine, _, _, scheduler = deepspeed.initialize(
+    engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout: reproducible, and different on every rank
@@ -161,8 +162,7 @@ def train(cfg: TrainConfig) -> Path:
     iterators = {source: iter(loader) for source, loader in loaders.items()}
 
     out.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(None if cfg.mlflow_uri is None else cfg.mlflow_uri, cfg.experiment,
-                      cfg.run_name or f"{cfg.stage}", rank, out, run_id=run_id)
+    tracker = Tracker(cfg.mlflow_uri, cfg.experiment, cfg.run_name or cfg.stage, rank, out, run_id=run_id)
     if rank == 0:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         if run_id is None:
@@ -172,9 +172,9 @@ def train(cfg: TrainConfig) -> Path:
 
     loss_fn = MCQLoss(cfg.temperature)
     window = {"time": time.perf_counter(), "data": 0.0, "samples": 0, "steps": 0}
-    totals = torch.zeros(3, dtype=torch.float64)  # loss, loss_vt, loss_mcq summed over the logging window
+    # loss, loss_vt, loss_mcq summed over the logging window, on the device: no host sync per step
+    totals = torch.zeros(3, dtype=torch.float64, device=engine.device)
     counters = {"skipped": 0, "no_phrase": 0}
-    accumulation = engine.gradient_accumulation_steps()
     while step < total_steps:
         source = cfg.sources[step % len(cfg.sources)]
         for _ in range(accumulation):
@@ -186,7 +186,7 @@ def train(cfg: TrainConfig) -> Path:
             loss = loss_fn(*engine(batch.video, batch.text, batch.question, batch.answer))
             engine.backward(loss.loss)
             engine.step()
-            totals += torch.tensor([loss.loss.item(), loss.loss_vt.item(), loss.loss_mcq.item()], dtype=torch.float64)
+            totals += torch.stack([loss.loss, loss.loss_vt, loss.loss_mcq]).detach().double()
             window["samples"] += len(batch)
         step += 1
         window["steps"] += 1
@@ -206,13 +206,14 @@ def _log_window(engine, tracker, step, totals, window, counters, accumulation) -
     world = dist.get_world_size()
     elapsed = time.perf_counter() - window["time"]
     stats = torch.cat([totals, torch.tensor([window["data"], window["samples"], counters["skipped"],
-                                             counters["no_phrase"]], dtype=torch.float64)])
-    dist.all_reduce(stats)
+                                             counters["no_phrase"]], dtype=torch.float64, device=totals.device)])
+    dist.all_reduce(stats)  # on the engine's device: NCCL reduces GPU tensors only
     micro_steps = window["steps"] * accumulation * world
     metrics = {
         "loss": stats[0].item() / micro_steps, "loss_vt": stats[1].item() / micro_steps,
         "loss_mcq": stats[2].item() / micro_steps, "lr": engine.get_lr()[0],
-        "samples_per_second": stats[4].item() / elapsed, "samples_per_second_per_gpu": stats[4].item() / elapsed / world,
+        "samples_per_second": stats[4].item() / elapsed,
+        "samples_per_second_per_gpu": stats[4].item() / elapsed / world,
         "data_wait_share": stats[3].item() / world / elapsed, "skipped_samples": stats[5].item(),
         "no_phrase_samples": stats[6].item(),
     }
