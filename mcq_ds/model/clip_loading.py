@@ -238,11 +238,12 @@ def from_clip(path: str | Path, num_frames: int = 8, bridge: bool = False, quick
     if cfg.text.vocab_size == len(table) + 1:
         weights["text_model.token_embedding.weight"] = torch.cat([table, table.float().mean(0, keepdim=True)])
     model = CLIPMCQ(cfg)
-    result = model.load_state_dict(weights, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(_BRIDGE_PREFIXES)]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{path}: CLIP weights missing: {missing[:10]}; not in the model: "
-                         f"{result.unexpected_keys[:10]}")
+    current = model.state_dict()
+    missing = [k for k in current if k not in weights and not k.startswith(_BRIDGE_PREFIXES)]
+    unexpected = [k for k in weights if k not in current]
+    if missing or unexpected:
+        raise ValueError(f"{path}: CLIP weights missing: {missing[:10]}; not in the model: {unexpected[:10]}")
+    model.load_state_dict({**current, **weights}, strict=True)  # the bridge keeps its fresh init on purpose
     return model
 
 

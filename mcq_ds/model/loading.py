@@ -48,12 +48,14 @@ def load_timm_vit(video: VideoFormer, path: str | Path) -> None:
     if keep["pos_embed"].shape[1] - 1 != target:
         side = int(target ** 0.5)
         keep["pos_embed"] = resample_abs_pos_embed(keep["pos_embed"], (side, side), num_prefix_tokens=1)
-    expected = {k for k in video.state_dict() if not k.startswith(("norm.", "temporal_embed"))
+    current = video.state_dict()
+    expected = {k for k in current if not k.startswith(("norm.", "temporal_embed"))
                 and ".norm3." not in k and ".timeattn." not in k}
     missing = sorted(expected - set(keep))
     if missing:
         raise ValueError(f"{path}: ViT weights missing: {missing[:10]}")
-    video.load_state_dict(keep, strict=False)  # the rest (final norm, temporal parts) keeps its fresh init on purpose
+    # the rest (final norm, temporal parts) keeps its fresh init on purpose
+    video.load_state_dict({**current, **keep}, strict=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
