@@ -43,6 +43,8 @@ class TrainConfig:
     warmup_steps: int = _opt(0, "linear warm-up steps for --schedule cosine")
     max_steps: int | None = _opt(None, "stop after this many optimizer steps (default: epochs × steps per epoch)")
     temperature: float | None = _opt(None, "contrastive temperature τ (default: the stage's, 0.05; CLIP stages 0.01)")
+    mcq_weight: float = _opt(1.0, "weight w of the MCQ term in L(text, video) + w·L(answer, bridge); 0 trains the "
+                             "dual encoder alone, the paper's baseline (no questions, the BridgeFormer not run)")
     ds_config: str | None = _opt(None, "DeepSpeed JSON (a path or a name in ds_configs/; default: "
                                  "cpu_fp32.json on CPU, zero1_bf16.json on GPU)")
     grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on with a GPU)")
@@ -71,6 +73,8 @@ class TrainConfig:
                             ("temperature", stage.temperature)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.mcq_weight < 0:
+            raise ValueError(f"--mcq-weight must be 0 (no MCQ) or positive, got {self.mcq_weight}")
         missing = [s for s in stage.sources if s not in self.data]
         if missing:
             raise ValueError(f"stage {self.stage} trains on {list(stage.sources)}; give "

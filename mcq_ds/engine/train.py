@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..loss import MCQLoss
+from ..loss import MCQLoss, answer_keys, mcq_choices
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
 from . import checkpoints
 from .config import DS_CONFIGS, TrainConfig, resolve
@@ -128,7 +128,7 @@ def train(cfg: TrainConfig) -> Path:
         shards=cfg.data[source], source=source, train=True, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
         batch_size=ds["train_micro_batch_size_per_gpu"], workers=cfg.workers, seed=cfg.seed, rank=rank,
         world_size=world, tokenizer=tokenizer, question_type=cfg.question_type, question_mode=cfg.question_mode,
-        max_text_length=model.cfg.text.max_length,
+        max_text_length=model.cfg.text.max_length, questions=cfg.mcq_weight > 0,
         normalisation=model.cfg.normalisation, hflip=cfg.hflip))
         for source in cfg.sources}
     accumulation = ds["gradient_accumulation_steps"]
@@ -170,10 +170,12 @@ def train(cfg: TrainConfig) -> Path:
             tracker.log_config("train_config.json", cfg.to_dict())
             tracker.log_config("deepspeed_config.json", ds)
 
-    loss_fn = MCQLoss(cfg.temperature)
+    loss_fn = MCQLoss(cfg.temperature, mcq_weight=cfg.mcq_weight)
     window = {"time": time.perf_counter(), "data": 0.0, "samples": 0, "steps": 0}
-    # loss, loss_vt, loss_mcq summed over the logging window, on the device: no host sync per step
+    # summed over the logging window, on the device (no host sync per step): loss, loss_vt, loss_mcq; and per
+    # question kind (ANSWER_KINDS) the samples whose bridge picked their own answer, their chance, their count
     totals = torch.zeros(3, dtype=torch.float64, device=engine.device)
+    answers = torch.zeros(len(ANSWER_KINDS), 3, dtype=torch.float64, device=engine.device)
     counters = {"skipped": 0, "no_phrase": 0}
     while step < total_steps:
         source = cfg.sources[step % len(cfg.sources)]
@@ -183,15 +185,19 @@ def train(cfg: TrainConfig) -> Path:
             window["data"] += time.perf_counter() - t0
             counters["skipped"] += batch.skipped
             counters["no_phrase"] += sum(k == "none" for k in batch.kinds)
-            loss = loss_fn(*engine(batch.video, batch.text, batch.question, batch.answer))
+            emb = engine(batch.video, batch.text, batch.question, batch.answer)  # no questions: dual encoder only
+            loss = loss_fn(*emb)
             engine.backward(loss.loss)
             engine.step()
             totals += torch.stack([loss.loss, loss.loss_vt, loss.loss_mcq]).detach().double()
+            if cfg.mcq_weight:
+                _count_answers(answers, emb, batch)
             window["samples"] += len(batch)
         step += 1
         window["steps"] += 1
         if step % cfg.log_every == 0 or step == total_steps:
-            _log_window(engine, tracker, step, totals, window, counters, accumulation)
+            _log_window(engine, tracker, step, totals, answers if cfg.mcq_weight else None, window, counters,
+                        accumulation)
         if step % cfg.save_every == 0 or step == total_steps:
             _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters)
     export = _export(engine, ckpt_dir, step, model.cfg, tokenizer, out, rank)
@@ -201,12 +207,25 @@ def train(cfg: TrainConfig) -> Path:
     return export
 
 
-def _log_window(engine, tracker, step, totals, window, counters, accumulation) -> None:
-    """Global-batch means of the loss terms over the window, throughput, the data-wait share and counters."""
+ANSWER_KINDS = ("noun", "verb")
+
+
+def _count_answers(answers: torch.Tensor, emb, batch) -> None:
+    """Adds this micro-batch's MCQ answer accuracy counts per question kind to `answers` (see `totals`)."""
+    choices = mcq_choices(emb.answer.detach(), emb.bridge.detach(), answer_keys(*batch.answer))
+    for row, kind in enumerate(ANSWER_KINDS):
+        mask = torch.tensor([k == kind for k in batch.kinds], device=answers.device)
+        answers[row] += torch.stack([choices.correct[mask].sum(), choices.chance[mask].sum(), mask.sum()]).double()
+
+
+def _log_window(engine, tracker, step, totals, answers, window, counters, accumulation) -> None:
+    """Global-batch means of the loss terms over the window, MCQ answer accuracy per question kind beside its
+    chance level (in %; `answers` is None without MCQ), throughput, the data-wait share and counters."""
     world = dist.get_world_size()
     elapsed = time.perf_counter() - window["time"]
     stats = torch.cat([totals, torch.tensor([window["data"], window["samples"], counters["skipped"],
-                                             counters["no_phrase"]], dtype=torch.float64, device=totals.device)])
+                                             counters["no_phrase"]], dtype=torch.float64, device=totals.device),
+                       answers.flatten() if answers is not None else totals[:0]])
     dist.all_reduce(stats)  # on the engine's device: NCCL reduces GPU tensors only
     micro_steps = window["steps"] * accumulation * world
     metrics = {
@@ -217,6 +236,14 @@ def _log_window(engine, tracker, step, totals, window, counters, accumulation) -
         "data_wait_share": stats[3].item() / world / elapsed, "skipped_samples": stats[5].item(),
         "no_phrase_samples": stats[6].item(),
     }
+    if answers is None:
+        del metrics["loss_mcq"]  # not computed: the dual encoder alone
+    else:
+        for kind, (correct, chance, count) in zip(ANSWER_KINDS, stats[7:].view(-1, 3).tolist()):
+            if count:
+                metrics[f"mcq_accuracy_{kind}"] = 100 * correct / count
+                metrics[f"mcq_chance_{kind}"] = 100 * chance / count
+        answers.zero_()
     grad_norm = engine.get_global_grad_norm()
     if grad_norm is not None and math.isfinite(float(grad_norm)):
         metrics["grad_norm"] = float(grad_norm)
@@ -227,9 +254,13 @@ def _log_window(engine, tracker, step, totals, window, counters, accumulation) -
         metrics["memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     tracker.log_metrics(metrics, step)
     if dist.get_rank() == 0:
-        log.info("step %d  loss %.4f (vt %.4f, mcq %.4f)  lr %.2e  %.1f samples/s  data wait %.0f%%", step,
-                 metrics["loss"], metrics["loss_vt"], metrics["loss_mcq"], metrics["lr"],
-                 metrics["samples_per_second"], 100 * metrics["data_wait_share"])
+        terms = f"vt {metrics['loss_vt']:.4f}"
+        if "loss_mcq" in metrics:
+            terms += f", mcq {metrics['loss_mcq']:.4f}" + "".join(
+                f", {k} answers {metrics[f'mcq_accuracy_{k}']:.0f}% (chance {metrics[f'mcq_chance_{k}']:.0f}%)"
+                for k in ANSWER_KINDS if f"mcq_accuracy_{k}" in metrics)
+        log.info("step %d  loss %.4f (%s)  lr %.2e  %.1f samples/s  data wait %.0f%%", step, metrics["loss"], terms,
+                 metrics["lr"], metrics["samples_per_second"], 100 * metrics["data_wait_share"])
     totals.zero_()
     window.update(time=time.perf_counter(), data=0.0, samples=0, steps=0)
 
