@@ -194,7 +194,8 @@ class CollateEval:
     """Builds the evaluation `Batch` in the loader workers: the videos' windows flattened into `video`
     (sum of W, F, 3, S, S) and every query caption tokenised into `text`. `extra` says what belongs to what:
     `positions` (each sample's place in the whole set), `ids`, `captions`, `window_owner` and `caption_owner`
-    (the batch sample of each window and caption) and `padded` (zero frames added). A loader whose `Batch` has one
+    (the batch sample of each window and caption), `padded` (zero frames added) and `phrases` (each sample's
+    caption and stored verb spans). A loader whose `Batch` has one
     window and one caption per sample needs none of the owners."""
 
     def __init__(self, tokenizer, max_length: int, all_captions: bool = False, source: str = "eval"):
@@ -216,6 +217,7 @@ class CollateEval:
             "window_owner": torch.cat([torch.full((len(c),), n) for n, (_, _, c, _) in enumerate(items)]),
             "caption_owner": torch.cat([torch.full((len(g),), n) for n, g in enumerate(captions)]),
             "padded": sum(p for *_, p in items),
+            "phrases": [(meta["caption"], meta.get("verbs") or []) for _, meta, _, _ in items],  # the motion probe's
         }
         return Batch(video=torch.cat([c for _, _, c, _ in items]),
                      text=Tokens(tokens["input_ids"], tokens["attention_mask"]), question=None, answer=None,

@@ -3,7 +3,8 @@
 The protocol of the original `test.py` (SPEC §5.1–5.3): the retrieval model (BridgeFormer dropped), 4 segment-
 midpoint frames, the original test transform, one caption per video as the shards store it (all of a video's
 captions with --all-captions), cosine similarity of dual-encoder embeddings (no re-ranking), t2v and v2t R@1/5/10/50,
-MedR, MeanR with the original's tie rules. Optional sliding-window test-time averaging.
+MedR, MeanR with the original's tie rules. Optional sliding-window test-time averaging. Beside them, the motion
+probe (`probe.py`): each caption against its copies with the verb phrase swapped, chance 1/K.
 
 On several GPUs (`launch/eval.sh`, i.e. `torchrun --nproc_per_node G -m mcq_ds.eval.retrieval ...`) each rank
 embeds a contiguous share of the samples (shares differ by at most one, nothing is dropped or repeated), rank 0
@@ -27,6 +28,7 @@ from .checkpoint import load_model
 from .data import ClipSpec, CollateEval, ShardClips, index_shards, rank_share, shard_paths
 from .embed import PRECISIONS, embed_batch, init_distributed, pick_device
 from .metrics import cosine_similarity, format_metrics, retrieval_metrics
+from .probe import format_probe, motion_probe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-captions", action="store_true", help="query with every caption a sample stores "
                         "(`captions`), each its own query, a video's v2t rank being its best caption's; default: the "
                         "one `caption` per sample (MSR-VTT 1k-A: the standard 1,000 pairs)")
+    parser.add_argument("--motion-probe-verbs", type=int, default=32, metavar="K", help="the motion probe: each "
+                        "caption against its copies with the verb phrase swapped for each other of the set's K most "
+                        "frequent verb phrases (chance 1/K; default %(default)s, 0: off)")
     parser.add_argument("--batch-size", type=int, default=16, help="videos per forward pass per rank (default 16)")
     parser.add_argument("--workers", type=int, default=4, help="decoding workers per rank (default 4)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
@@ -86,7 +91,8 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     collate = CollateEval(loaded.tokenizer, model.cfg.text.max_length, args.all_captions, about.get("source", "eval"))
     loader = DataLoader(ShardClips(samples, share, spec), batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=collate, multiprocessing_context="spawn" if args.workers else None)
-    mine = {"positions": [], "ids": [], "video": [], "captions": [], "caption_position": [], "text": [], "padded": 0}
+    mine = {"positions": [], "ids": [], "video": [], "captions": [], "caption_position": [], "text": [], "padded": 0,
+            "phrases": []}
     bar = tqdm(total=len(share), desc="embedding" + (f" (rank 0's share, {world} ranks)" if world > 1 else ""),
                unit="video", disable=args.quiet or rank != 0)
     for batch in loader:
@@ -99,6 +105,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         mine["caption_position"] += [positions[o] for o in batch.extra["caption_owner"].tolist()]
         mine["text"].append(text.numpy())
         mine["padded"] += batch.extra["padded"]
+        mine["phrases"] += batch.extra["phrases"]
         bar.update(len(positions))
     bar.close()
     gathered = [mine]
@@ -107,10 +114,10 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         dist.gather_object(mine, gathered, dst=0)
     if rank != 0:
         return None
-    return _score(args, loaded, spec, about, gathered, len(samples), world, time.perf_counter() - start)
+    return _score(args, loaded, device, spec, about, gathered, len(samples), world, time.perf_counter() - start)
 
 
-def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], count: int, world: int,
+def _score(args, loaded, device, spec: ClipSpec, about: dict, gathered: list[dict], count: int, world: int,
            seconds: float) -> dict:
     positions = np.array([p for g in gathered for p in g["positions"]])
     if sorted(positions.tolist()) != list(range(count)):
@@ -122,10 +129,14 @@ def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], coun
     caption_position = np.array([p for g in gathered for p in g["caption_position"]])
     order = np.argsort(positions, kind="stable")
     video, ids = video[order], [ids[i] for i in order]
+    phrases = [p for g in gathered for p in g["phrases"]]
+    phrases = [phrases[i] for i in order]
     text_order = np.argsort(caption_position, kind="stable")  # data-set order, a sample's captions as stored
     text, captions, query_video = text[text_order], [captions[i] for i in text_order], caption_position[text_order]
     sims = cosine_similarity(text, video)
     metrics = retrieval_metrics(sims, query_video)
+    probe = {"not_run": "--motion-probe-verbs 0"} if args.motion_probe_verbs == 0 else motion_probe(
+        loaded.model, loaded.tokenizer, video, phrases, device, args.motion_probe_verbs, args.precision)
 
     name = set_name(args.shards)
     suffix = f"{spec.num_frames}f" + (f"-sw{spec.stride}" if spec.stride else "") + (
@@ -143,7 +154,7 @@ def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], coun
         "ties": "t2v optimistic, v2t averaged, v2t rank = best caption",
         "padded_frames": int(sum(g["padded"] for g in gathered)), "precision": args.precision,
     }
-    results = {"metrics": metrics, "protocol": protocol, "checkpoint": loaded.describe(), "data": about,
+    results = {"metrics": metrics, "motion_probe": probe, "protocol": protocol, "checkpoint": loaded.describe(), "data": about,
                "world_size": world, "seconds": round(seconds, 2)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -167,8 +178,11 @@ def _track(args, results: dict, out: Path, step: int | None) -> None:
                  out.parent) as tracker:
         tracker.log_params({"checkpoint": results["checkpoint"], "protocol": protocol, "world_size":
                             results["world_size"]})
-        tracker.log_metrics({f"{d}/{k.replace('@', '')}": v for d, m in results["metrics"].items()
-                             for k, v in m.items() if not k.startswith("geometric")}, step or 0)
+        metrics = {f"{d}/{k.replace('@', '')}": v for d, m in results["metrics"].items()
+                   for k, v in m.items() if not k.startswith("geometric")}
+        if "accuracy" in results["motion_probe"]:
+            metrics.update({f"motion_probe/{k}": results["motion_probe"][k] for k in ("accuracy", "chance", "verbs")})
+        tracker.log_metrics(metrics, step or 0)
         tracker.log_artifact(out)
 
 
@@ -179,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{p['set']}: {p['videos']} videos, {p['queries']} queries ({p['captions_per_video']}), "
               f"{p['frames']} frames ({p['frame_sampling']}), {p['scoring']}")
         print(format_metrics(results["metrics"]))
+        print(format_probe(results["motion_probe"]))
         print(f"wrote {results['out']}")
     if dist.is_initialized():
         dist.destroy_process_group()
