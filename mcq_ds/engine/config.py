@@ -37,10 +37,13 @@ class TrainConfig:
     global_batch: int | None = _opt(None, "samples per optimizer step over all ranks (default: the stage's)")
     micro_batch: int | None = _opt(None, "samples per rank per forward (default: global batch / ranks)")
     lr: float | None = _opt(None, "base learning rate (default: the stage's)")
+    text_lr: float | None = _opt(None, "learning rate of the text tower (default: the stage's; the paper's stages "
+                                 "train every part at --lr)")
     epochs: int | None = _opt(None, "epochs, each one pass over the smallest source (default: the stage's)")
     milestones: list[int] | None = _opt(None, "epochs after which lr ×= 0.1 (default: the stage's)")
-    schedule: str = _opt("step", "step (the original's ×0.1 milestones) | cosine (warm-up + cosine)")
-    warmup_steps: int = _opt(0, "linear warm-up steps for --schedule cosine")
+    schedule: str | None = _opt(None, "step (the original's ×0.1 milestones) | cosine (warm-up + cosine) "
+                                "(default: the stage's; step for the paper's stages)")
+    warmup_steps: int | None = _opt(None, "linear warm-up steps for --schedule cosine (default: the stage's)")
     max_steps: int | None = _opt(None, "stop after this many optimizer steps (default: epochs × steps per epoch)")
     temperature: float | None = _opt(None, "contrastive temperature τ (default: the stage's, 0.05; CLIP stages 0.01)")
     mcq_weight: float = _opt(1.0, "weight w of the MCQ term in L(text, video) + w·L(answer, bridge); 0 trains the "
@@ -70,7 +73,8 @@ class TrainConfig:
         for name, value in (("frames", stage.frames), ("question_type", stage.question_type),
                             ("global_batch", stage.global_batch), ("lr", stage.lr), ("epochs", stage.epochs),
                             ("milestones", list(stage.milestones)), ("model", stage.model),
-                            ("temperature", stage.temperature)):
+                            ("temperature", stage.temperature), ("schedule", stage.schedule),
+                            ("warmup_steps", stage.warmup_steps), ("text_lr", stage.text_lr)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.mcq_weight < 0:

@@ -21,6 +21,9 @@ class Stage:
     milestones: tuple[int, ...]  # epochs after which lr ×= 0.1
     model: str  # model preset when a stage starts without --init weights
     temperature: float = 0.05  # contrastive τ of both losses
+    schedule: str = "step"  # the original's ×0.1 milestones; "cosine": linear warm-up, then cosine to 0
+    warmup_steps: int = 0
+    text_lr: float | None = None  # the text tower's own learning rate (None: `lr`, as in the paper)
 
 
 STAGES: dict[str, Stage] = {

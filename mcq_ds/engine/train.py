@@ -92,6 +92,16 @@ def steps_plan(cfg: TrainConfig, epoch_steps: dict[str, int]) -> tuple[int, list
     return total, [m * steps_per_epoch for m in cfg.milestones]
 
 
+def param_groups(model, cfg: TrainConfig) -> list[dict]:
+    """Optimizer groups: everything at --lr, or the text tower at --text-lr when one is set (the demo stages: a
+    pre-trained text encoder beside a video tower trained from scratch, which needs a larger step)."""
+    if cfg.text_lr is None:
+        return [{"params": list(model.parameters())}]
+    text = {id(p) for p in model.text_model.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in text]},
+            {"params": list(model.text_model.parameters()), "lr": cfg.text_lr}]
+
+
 def make_loader(kind: str, loader_cfg):
     """The reference (webdataset) or the DALI loader: both take the same config and yield the same `Batch`."""
     if kind == "torch":
@@ -134,11 +144,11 @@ def train(cfg: TrainConfig) -> Path:
     accumulation = ds["gradient_accumulation_steps"]
     total_steps, milestones = steps_plan(cfg, {s: loaders[s].batches_per_epoch // accumulation for s in cfg.sources})
     factor = step_decay(milestones) if cfg.schedule == "step" else warmup_cosine(cfg.warmup_steps, total_steps)
-    optimizer = None
+    optimizer, groups = None, param_groups(model, cfg)
     if "optimizer" not in ds:  # the original's AdamW (SPEC §4.1): eps 1e-6, no weight decay
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=ds,
+        model=model, optimizer=optimizer, model_parameters=groups, config=ds,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout: reproducible, and different on every rank
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
