@@ -39,6 +39,8 @@ class TrainConfig:
     lr: float | None = _opt(None, "base learning rate (default: the stage's)")
     text_lr: float | None = _opt(None, "learning rate of the text tower (default: the stage's; the paper's stages "
                                  "train every part at --lr)")
+    frozen_text_layers: int | None = _opt(None, "keep the text tower's embeddings and first N layers fixed (default: "
+                                          "the stage's; 0, everything trains, in the paper's stages)")
     epochs: int | None = _opt(None, "epochs, each one pass over the smallest source (default: the stage's)")
     milestones: list[int] | None = _opt(None, "epochs after which lr ×= 0.1 (default: the stage's)")
     schedule: str | None = _opt(None, "step (the original's ×0.1 milestones) | cosine (warm-up + cosine) "
@@ -74,7 +76,8 @@ class TrainConfig:
                             ("global_batch", stage.global_batch), ("lr", stage.lr), ("epochs", stage.epochs),
                             ("milestones", list(stage.milestones)), ("model", stage.model),
                             ("temperature", stage.temperature), ("schedule", stage.schedule),
-                            ("warmup_steps", stage.warmup_steps), ("text_lr", stage.text_lr)):
+                            ("warmup_steps", stage.warmup_steps), ("text_lr", stage.text_lr),
+                            ("frozen_text_layers", stage.frozen_text_layers)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.mcq_weight < 0:

@@ -24,6 +24,7 @@ class Stage:
     schedule: str = "step"  # the original's ×0.1 milestones; "cosine": linear warm-up, then cosine to 0
     warmup_steps: int = 0
     text_lr: float | None = None  # the text tower's own learning rate (None: `lr`, as in the paper)
+    frozen_text_layers: int = 0  # the text tower's embeddings and first N layers stay fixed (0: all train)
 
 
 STAGES: dict[str, Stage] = {

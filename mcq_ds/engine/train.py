@@ -55,6 +55,7 @@ def build_model(cfg: TrainConfig):
         raise ValueError(f"stage {cfg.stage} uses {cfg.frames} frames; the model in {cfg.init} takes at most "
                          f"{model.cfg.video.num_frames}")
     model.set_grad_checkpointing(bool(cfg.grad_checkpointing))
+    model.text_model.freeze_lower(cfg.frozen_text_layers)
     if cfg.compile:
         for block in [*model.video_model.blocks, *getattr(model, "bridge_model", model.video_model).blocks]:
             block.compile()
@@ -95,11 +96,12 @@ def steps_plan(cfg: TrainConfig, epoch_steps: dict[str, int]) -> tuple[int, list
 def param_groups(model, cfg: TrainConfig) -> list[dict]:
     """Optimizer groups: everything at --lr, or the text tower at --text-lr when one is set (the demo stages: a
     pre-trained text encoder beside a video tower trained from scratch, which needs a larger step)."""
+    trained = [p for p in model.parameters() if p.requires_grad]  # not the text layers a stage keeps fixed
     if cfg.text_lr is None:
-        return [{"params": list(model.parameters())}]
+        return [{"params": trained}]
     text = {id(p) for p in model.text_model.parameters()}
-    return [{"params": [p for p in model.parameters() if id(p) not in text]},
-            {"params": list(model.text_model.parameters()), "lr": cfg.text_lr}]
+    return [{"params": [p for p in trained if id(p) not in text]},
+            {"params": [p for p in trained if id(p) in text], "lr": cfg.text_lr}]
 
 
 def make_loader(kind: str, loader_cfg):
