@@ -97,10 +97,10 @@ IMAGE_TEMPLATES = (
     "a picture of {a} {colour} {shape} on {noun}",
 )
 
-SHAPE_RADIUS = 0.15  # radius of a circle of the common shape area, as a fraction of the frame side
+SHAPE_RADIUS = 0.19  # radius of a circle of the common shape area, as a fraction of the frame side
 SWING = 0.2  # amplitude of swaying, bobbing and orbiting, as a fraction of the frame side
-SCALES = (0.7, 1.3)  # the shape's size range; pulsing sweeps 0.65-1.35, so one frame's size says little
-PULSE = 0.35
+SCALES = (0.8, 1.2)  # the shape's size range; pulsing sweeps 0.7-1.3, so one frame's size says little
+PULSE = 0.3
 IMAGE_SIZES = ((1.0, 1.0), (4 / 3, 1.0), (1.0, 4 / 3))  # (width, height) factors: CC3M is not square
 
 
@@ -316,9 +316,9 @@ def _texture(rng: np.random.Generator, kind: str, side: int) -> Texture:
     """Muted, low-saturation tones, so that no background can be mistaken for a named colour."""
     hue, saturation = rng.random(), rng.uniform(0.0, 0.3)
     low = rng.uniform(0.15, 0.35)
-    tones = (low, low + rng.uniform(0.12, 0.25))
+    tones = (low, low + rng.uniform(0.2, 0.35))
     colours = tuple(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, v)) for v in tones)
-    return Texture(kind, colours, period=side * rng.uniform(0.08, 0.15), angle=rng.uniform(0, math.pi),
+    return Texture(kind, colours, period=side * rng.uniform(0.12, 0.2), angle=rng.uniform(0, math.pi),
                    offset=(rng.uniform(0, side), rng.uniform(0, side)), seed=int(rng.integers(2**31)))
 
 
