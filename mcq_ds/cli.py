@@ -97,13 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=_train)
 
+    from .bench import ablation
     from .eval import extract, retrieval, search, visualize
 
     for name, module, help_ in (
             ("eval", retrieval, "zero-shot text-video retrieval on converted shards (the MSR-VTT 1k-A protocol)"),
             ("extract", extract, "videos and text queries to L2-normalised embeddings (.npy + ids), resumable"),
             ("search", search, "top-k video ids and scores for text queries over saved embeddings"),
-            ("visualize", visualize, "PNG of the BridgeFormer's cross-attention for noun/verb questions")):
+            ("visualize", visualize, "PNG of the BridgeFormer's cross-attention for noun/verb questions"),
+            ("ablation", ablation, "the demo curriculum with and without MCQ over seeds: retrieval, motion probe")):
         p = sub.add_parser(name, help=help_, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
