@@ -21,9 +21,9 @@ from mcq_ds.data.loader import LoaderConfig, ShardLoader
 from mcq_ds.data.questions import QuestionBuilder
 from mcq_ds.data.sampling import draw
 from mcq_ds.model.text_former import load_tokenizer
-from shards.convert import Options, convert
-from shards.sources import usercsv
-from shards.tario import ShardWriter, index_text
+from mcq_shards.convert import Options, convert
+from mcq_shards.sources import usercsv
+from mcq_shards.tario import ShardWriter, index_text
 from shards_fixtures import encode_image, encode_video
 
 pytest.importorskip("nvidia.dali")

@@ -23,9 +23,9 @@ from mcq_ds.eval.data import (ClipSpec, clip_tensor, eval_transform, index_shard
 from mcq_ds.eval.extract import read_ids
 from mcq_ds.model import MCQ, create_model, create_tokenizer, load_tokenizer, save_pretrained
 from mcq_ds.model.loading import mcq_to_original
-from shards.convert import Options, convert
-from shards.sources import msrvtt
-from shards.synth import synthesize
+from mcq_shards.convert import Options, convert
+from mcq_shards.sources import msrvtt
+from mcq_shards.synth import synthesize
 from test_eval_extract import one_thread  # noqa: F401 - one intra-op thread for tiny models on a shared CPU
 
 VIDEOS = 9  # odd: two ranks cannot split it evenly

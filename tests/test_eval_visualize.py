@@ -16,9 +16,9 @@ from mcq_ds.eval.attention import apply_probs, cross_attention_probs, record_cro
 from mcq_ds.eval.data import ClipSpec, ShardClips, index_shards, shard_paths
 from mcq_ds.loss import MCQLoss
 from mcq_ds.model import MCQ, Tokens, load_tokenizer, save_pretrained
-from shards.convert import Options, convert
-from shards.sources import webvid
-from shards.synth import synthesize
+from mcq_shards.convert import Options, convert
+from mcq_shards.sources import webvid
+from mcq_shards.synth import synthesize
 from test_eval_extract import one_thread  # noqa: F401 - one intra-op thread for tiny models on a shared CPU
 
 STEPS, BATCH, CLIPS = 150, 8, 12

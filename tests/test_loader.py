@@ -23,10 +23,10 @@ from mcq_ds.data.batch import IMAGENET_MEAN, IMAGENET_STD, Batch
 from mcq_ds.data.loader import LoaderConfig, ShardLoader, count_samples, resolve_shards
 from mcq_ds.data.sampling import draw, sample_seed
 from mcq_ds.model import load_tokenizer
-from shards.convert import Options, convert
-from shards.frames import segment_frames
-from shards.sources import usercsv
-from shards.tario import ShardWriter, samples as tar_samples
+from mcq_shards.convert import Options, convert
+from mcq_shards.frames import segment_frames
+from mcq_shards.sources import usercsv
+from mcq_shards.tario import ShardWriter, samples as tar_samples
 
 # Captions in which spaCy finds noun phrases (the converter rejects a caption without one), and some verb phrases.
 CAPTIONS = ["a red square is moving across a green field", "a small dog runs on the beach",
@@ -348,7 +348,7 @@ def test_index_offsets_match_the_tar_headers_with_long_names(tmp_path):
     """Seeking into a shard uses the DALI index; GNU long names (over 100 bytes) put extra blocks before a
     member's header, which the offsets must include."""
     from mcq_ds.data.loader import sample_offsets
-    from shards.tario import index_text
+    from mcq_shards.tario import index_text
 
     path = tmp_path / "long.tar"
     writer = ShardWriter(path)

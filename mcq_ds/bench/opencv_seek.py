@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from shards.frames import segment_frames
+from mcq_shards.frames import segment_frames
 
 from ..data.batch import NORMALISATION
 

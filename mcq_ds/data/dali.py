@@ -4,7 +4,7 @@ One pipeline definition serves both machines; only the decoder's device changes 
 frames stay on the GPU; ``"cpu"``: ``device_id=None``, which is what CI runs). Per pipeline iteration:
 
 1. ``fn.readers.webdataset`` reads each sample's ``jpgs`` + ``offsets`` (a clip stored as JPEG frames, see
-   ``shards/media.py``) or ``jpg`` (an image, a one-frame clip), and its ``json``, from this rank's part of the
+   ``mcq_shards/media.py``) or ``jpg`` (an image, a one-frame clip), and its ``json``, from this rank's part of the
    shards, through their ``.idx`` files.
 2. A host step (``fn.python_function``, one call per batch) does everything that must equal the reference
    loader: :func:`mcq_ds.data.sampling.draw` picks the stored frames, crop window and flip from

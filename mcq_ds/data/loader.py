@@ -45,8 +45,8 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from shards.manifest import MANIFEST, read_manifest
-from shards.tario import samples as tar_samples
+from mcq_shards.manifest import MANIFEST, read_manifest
+from mcq_shards.tario import samples as tar_samples
 
 from .batch import NORMALISATION, Batch, Tokens
 from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts

@@ -12,7 +12,7 @@ import math
 import random
 from typing import NamedTuple
 
-from shards.frames import segment_frames
+from mcq_shards.frames import segment_frames
 
 # RandomResizedCrop(scale=(0.5, 1.0)) with torchvision's default aspect ratios (SPEC §3.4).
 CROP_SCALE = (0.5, 1.0)

@@ -3,7 +3,7 @@
 Every evaluation path (shards in `mcq-ds eval`, video files in `mcq-ds extract` and `mcq-ds visualize`) goes
 through `clip_tensor`, so a video gives the same input whichever command reads it:
 
-* frames: the midpoint of each of F equal segments of the clip's stored frames (`shards.frames.segment_frames`,
+* frames: the midpoint of each of F equal segments of the clip's stored frames (`mcq_shards.frames.segment_frames`,
   SPEC §3.3), or with a sliding-window stride s every offset 0, s, 2s, … below the segment length added to each
   segment's start, all windows averaged later (SPEC §5.3, bounded by the segment length instead of the original's
   `len(x − 1)` off-by-one);
@@ -12,7 +12,7 @@ through `clip_tensor`, so a video gives the same input whichever command reads i
   tensors, one suspect for the 4-point gap of MCQ#11); sizes scale with the model's input size;
 * clips with fewer stored frames than F are padded with zero frames after normalisation, as the original pads.
 
-A video file is first normalised exactly as the shard converter stores it (`shards.media.normalize_video`: frames
+A video file is first normalised exactly as the shard converter stores it (`mcq_shards.media.normalize_video`: frames
 at 2 fps, 8–32 of them, short side 256), so `extract` on a raw file sees what `eval` sees on its shard.
 
 This reads shards itself (every sample's members found from the tar headers, then read by offset, in as many
@@ -32,10 +32,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from shards.frames import segment_bounds, segment_frames
-from shards.manifest import read_manifest
-from shards.media import normalize_video
-from shards.tario import samples as tar_samples
+from mcq_shards.frames import segment_bounds, segment_frames
+from mcq_shards.manifest import read_manifest
+from mcq_shards.media import normalize_video
+from mcq_shards.tario import samples as tar_samples
 
 from ..data.batch import NORMALISATION, Batch, Tokens
 
@@ -110,7 +110,7 @@ def read_offsets(raw: bytes) -> np.ndarray:
 
 def video_file_clip(path: str | Path, spec: ClipSpec) -> tuple[torch.Tensor, int]:
     """A video file as `eval` would see it after `mcq-shards` conversion with default options. Raises
-    `shards.media.MediaError` with a reason a person can act on."""
+    `mcq_shards.media.MediaError` with a reason a person can act on."""
     clip = normalize_video(str(path))
     return clip_tensor(clip.jpgs, read_offsets(clip.offsets), spec)
 

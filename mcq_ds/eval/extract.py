@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from shards.media import VIDEO_EXTENSIONS, MediaError, media_kind
+from mcq_shards.media import VIDEO_EXTENSIONS, MediaError, media_kind
 
 from .checkpoint import LoadedModel, load_model
 from .data import ClipSpec, video_file_clip

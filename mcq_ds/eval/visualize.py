@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from shards.media import MediaError
+from mcq_shards.media import MediaError
 
 from ..data.batch import NORMALISATION, Tokens
 from ..data.questions import ANSWER_PROMPT, Phrase, WordPieceCounter, span_question

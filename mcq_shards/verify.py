@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from shards.manifest import MANIFEST, REJECTS, read_manifest
-from shards.tario import index_text, non_gnu_headers, samples, sha256_file, split_name
+from mcq_shards.manifest import MANIFEST, REJECTS, read_manifest
+from mcq_shards.tario import index_text, non_gnu_headers, samples, sha256_file, split_name
 
 MEDIA_MEMBERS = ({"jpg", "json"}, {"jpgs", "offsets", "json"})
 

@@ -19,8 +19,8 @@ import pickle
 from pathlib import Path
 from typing import Iterator
 
-from shards.sources import Row, make_key
-from shards.tables import InputError, read_json, read_lines, read_table
+from mcq_shards.sources import Row, make_key
+from mcq_shards.tables import InputError, read_json, read_lines, read_table
 
 SPLIT_LISTS = {"train": "train_list_jsfusion.txt", "test": "val_list_jsfusion.txt"}
 CAPTION_INDEX = "jsfusion_val_caption_idx.pkl"
