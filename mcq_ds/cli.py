@@ -50,6 +50,13 @@ def _bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracking_replay(args: argparse.Namespace) -> int:
+    from . import tracking
+
+    tracking.main(args.rest)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcq-ds", description="Train, evaluate and export MCQ / BridgeFormer video-text retrieval models.")
@@ -113,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_bench_model)
+
+    p = sub.add_parser("tracking-replay", help="push a run's local tracking record (tracking.jsonl) into MLflow",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_tracking_replay)
     return parser
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mcq_ds.engine.tracking import RECORD, Tracker, main
+from mcq_ds.tracking import RECORD, Tracker, main
 
 REPO = Path(__file__).resolve().parents[1]
 GIT_TAG = "mlflow.source.git.commit"
@@ -47,7 +47,7 @@ def _events(local_dir: Path) -> list[dict]:
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage() for r in caplog.records
-        if r.name == "mcq_ds.engine.tracking" and r.levelno == logging.WARNING
+        if r.name == "mcq_ds.tracking" and r.levelno == logging.WARNING
     ]
 
 
@@ -98,7 +98,7 @@ def server(_server_process: Server) -> Server:
 def test_none_uri_keeps_only_the_local_record_and_never_imports_mlflow(tmp_path):
     code = (
         "import sys\n"
-        "from mcq_ds.engine.tracking import Tracker\n"
+        "from mcq_ds.tracking import Tracker\n"
         "with Tracker('none', 'e', None, 0, sys.argv[1]) as tracker:\n"
         "    tracker.log_metrics({'loss': 1.5}, step=3)\n"
         "assert 'mlflow' not in sys.modules, 'mlflow was imported'\n"
@@ -143,7 +143,7 @@ def test_unreachable_server_warns_once_and_keeps_every_event(tmp_path, caplog):
 
     assert elapsed < 30, f"a dead server cost {elapsed:.1f} s"
     [warning] = _warnings(caplog)
-    assert uri in warning and "python -m mcq_ds.engine.tracking" in warning
+    assert uri in warning and "mcq-ds tracking-replay" in warning
     assert tracker.run_id is None
     events = _events(tmp_path)
     assert [e["event"] for e in events] == ["start", "params", *["metrics"] * 3, "tags", "close"]

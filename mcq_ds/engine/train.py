@@ -23,7 +23,7 @@ from ..model import create_model, create_tokenizer, load_pretrained, save_pretra
 from . import checkpoints
 from .config import DS_CONFIGS, TrainConfig, resolve
 from .schedule import step_decay, warmup_cosine
-from .tracking import Tracker
+from ..tracking import Tracker
 
 log = logging.getLogger("mcq_ds.train")
 

@@ -160,7 +160,7 @@ def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], coun
 
 
 def _track(args, results: dict, out: Path, step: int | None) -> None:
-    from ..engine.tracking import Tracker
+    from ..tracking import Tracker
 
     protocol = results["protocol"]
     with Tracker(args.mlflow_uri, args.experiment, f"{protocol['set']} {Path(args.model).name}", 0,
