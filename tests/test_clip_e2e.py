@@ -12,7 +12,8 @@ import torch
 from mcq_ds.config import preset
 from mcq_ds.eval import extract
 from mcq_ds.eval.data import ClipSpec, CollateEval, ShardClips, index_shards, shard_paths
-from mcq_ds.eval.embed import embed_batch, l2_normalise
+from mcq_ds.eval.embed import embed_batch
+from mcq_ds.loss import l2_normalise
 from mcq_ds.model import create_model, create_tokenizer, load_pretrained, save_pretrained
 
 

@@ -16,7 +16,7 @@ import torch
 from mcq_ds.config import preset
 from mcq_ds.eval import extract, search
 from mcq_ds.eval.data import ClipSpec, video_file_clip
-from mcq_ds.eval.embed import l2_normalise
+from mcq_ds.loss import l2_normalise
 from mcq_ds.model import MCQ, load_tokenizer, save_pretrained
 from shards_fixtures import encode_video
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from ..config import preset
 from ..eval.checkpoint import load_model
 from ..eval.data import ClipSpec
-from ..eval.embed import pick_device
+from ..runtime import pick_device
 from ..eval.extract import VideoFiles, as_list, extract_videos
 from ..eval.search import chunked_topk
 from ..model import MCQ, load_tokenizer, save_pretrained

@@ -49,8 +49,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ..runtime import distributed_position
 from .batch import NORMALISATION, Batch, Tokens
-from .loader import LoaderConfig, ShardInfo, Skip, _SkipLog, distributed_position, resolve_shards
+from .loader import LoaderConfig, ShardInfo, Skip, _SkipLog, resolve_shards
 from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts
 from .sampling import CropBox, draw, sample_seed
 

@@ -48,6 +48,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from mcq_shards.manifest import MANIFEST, read_manifest
 from mcq_shards.tario import samples as tar_samples
 
+from ..runtime import distributed_position
 from .batch import NORMALISATION, Batch, Tokens
 from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts
 from .sampling import SampleDraws, draw, sample_seed
@@ -107,20 +108,6 @@ class LoaderConfig:
             raise ValueError(f"question_type must be 'noun' or 'verb', got {self.question_type!r}")
         if self.normalisation not in NORMALISATION:
             raise ValueError(f"unknown normalisation {self.normalisation!r}; choose one of {sorted(NORMALISATION)}")
-
-
-def distributed_position(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world size): the arguments when given, else torch.distributed's, else RANK/WORLD_SIZE, else (0, 1)."""
-    if rank is None or world_size is None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            found = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        else:
-            found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        rank = found[0] if rank is None else rank
-        world_size = found[1] if world_size is None else world_size
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in a world of {world_size}")
-    return rank, world_size
 
 
 # --- shards ----------------------------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import socket
 import time
 from pathlib import Path
 
@@ -20,25 +18,13 @@ import torch.distributed as dist
 
 from ..loss import MCQLoss
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
+from ..runtime import init_distributed, pick_device, write_text_atomic
 from . import checkpoints
 from .config import DS_CONFIGS, TrainConfig, resolve
 from .schedule import step_decay, warmup_cosine
 from ..tracking import Tracker
 
 log = logging.getLogger("mcq_ds.train")
-
-
-def init_distributed() -> None:
-    """Joins the launcher's process group; a plain `mcq-ds train` becomes a 1-rank group (gloo on CPU)."""
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
 
 
 def build_model(cfg: TrainConfig):
@@ -108,8 +94,7 @@ def train(cfg: TrainConfig) -> Path:
 
     from ..data.loader import LoaderConfig
 
-    init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = init_distributed(pick_device(), always=True)  # a plain `mcq-ds train` is a 1-rank group
     on_gpu = torch.cuda.is_available()
     if cfg.grad_checkpointing is None:
         cfg.grad_checkpointing = on_gpu
@@ -164,7 +149,7 @@ def train(cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(cfg.mlflow_uri, cfg.experiment, cfg.run_name or cfg.stage, rank, out, run_id=run_id)
     if rank == 0:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         if run_id is None:
             tracker.log_params({"train": cfg.to_dict(), "deepspeed": ds, "world_size": world})
             tracker.log_config("train_config.json", cfg.to_dict())

@@ -28,6 +28,7 @@ from ..config import preset
 from ..engine.checkpoints import complete_checkpoints
 from ..model import (CLIPMCQ, MCQ, create_model, create_tokenizer, from_original, load_pretrained, load_tokenizer,
                      model_config_from_dict)
+from ..model.loading import BRIDGE_PREFIXES
 from ..model.weights_io import load_pickled
 
 # Classes a ZeRO checkpoint's optimizer files pickle besides tensors (DeepSpeed 0.16–0.19).
@@ -36,7 +37,6 @@ _DEEPSPEED_CLASSES = frozenset({
     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
     "deepspeed.utils.tensor_fragment.fragment_address",
 })
-_BRIDGE_PREFIXES = ("bridge_model.", "bridge_proj.")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
@@ -133,7 +133,7 @@ def _deepspeed(tag: Path, bridge: bool) -> tuple[MCQ | CLIPMCQ, PreTrainedTokeni
     cfg = _run_model_config(tag, client.get("config") or {})
     if not bridge:
         cfg.bridge = False
-        state = {k: v for k, v in state.items() if not k.startswith(_BRIDGE_PREFIXES)}
+        state = {k: v for k, v in state.items() if not k.startswith(BRIDGE_PREFIXES)}
     elif not cfg.bridge:
         raise ValueError(f"{tag}: this run trained without a BridgeFormer; attention maps need one")
     model = create_model(cfg)

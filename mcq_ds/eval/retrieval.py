@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,9 +22,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..runtime import init_distributed, pick_device, write_text_atomic
 from .checkpoint import load_model
 from .data import ClipSpec, CollateEval, ShardClips, index_shards, rank_share, shard_paths
-from .embed import PRECISIONS, embed_batch, init_distributed, pick_device
+from .embed import PRECISIONS, embed_batch
 from .metrics import cosine_similarity, format_metrics, retrieval_metrics
 
 
@@ -146,9 +146,7 @@ def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], coun
     results = {"metrics": metrics, "protocol": protocol, "checkpoint": loaded.describe(), "data": about,
                "world_size": world, "seconds": round(seconds, 2)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     if args.save_embeddings:
         from .extract import write_embeddings
 

@@ -17,7 +17,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .embed import PRECISIONS, pick_device
+from ..runtime import pick_device
+from .embed import PRECISIONS
 from .extract import read_ids
 
 

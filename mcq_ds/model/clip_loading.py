@@ -24,7 +24,7 @@ import torch
 
 from .clip import CLIPMCQ, CLIPMCQConfig, CLIPTextConfig, CLIPVisionConfig
 from .clip_tokenizer import BPE_VOCAB_SIZE
-from .loading import _BRIDGE_PREFIXES, create_tokenizer, save_pretrained
+from .loading import BRIDGE_PREFIXES, create_tokenizer, save_pretrained
 from .weights_io import read_state_dict
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ def from_clip(path: str | Path, num_frames: int = 8, bridge: bool = False, quick
         weights["text_model.token_embedding.weight"] = torch.cat([table, table.float().mean(0, keepdim=True)])
     model = CLIPMCQ(cfg)
     current = model.state_dict()
-    missing = [k for k in current if k not in weights and not k.startswith(_BRIDGE_PREFIXES)]
+    missing = [k for k in current if k not in weights and not k.startswith(BRIDGE_PREFIXES)]
     unexpected = [k for k in weights if k not in current]
     if missing or unexpected:
         raise ValueError(f"{path}: CLIP weights missing: {missing[:10]}; not in the model: {unexpected[:10]}")

@@ -74,7 +74,7 @@ _TOP_NAMES = [  # (original prefix, mcq-ds prefix)
     ("bridge_proj.0.", "bridge_proj."),
 ]
 _BLOCK_KEY = re.compile(r"video_model\.blocks\.(\d+)\.(.+)")
-_BRIDGE_PREFIXES = ("bridge_model.", "bridge_proj.")
+BRIDGE_PREFIXES = ("bridge_model.", "bridge_proj.")  # the BridgeFormer's keys, dropped for a retrieval-only model
 
 
 def original_to_mcq(state: dict[str, torch.Tensor], bridge: bool = True) -> dict[str, torch.Tensor]:
@@ -88,7 +88,7 @@ def original_to_mcq(state: dict[str, torch.Tensor], bridge: bool = True) -> dict
         new = _rename_original(key)
         if new is None:
             unknown.append(key)
-        elif bridge or not new.startswith(_BRIDGE_PREFIXES):
+        elif bridge or not new.startswith(BRIDGE_PREFIXES):
             out[new] = value
     if unknown:
         raise ValueError(f"keys that are not part of an MCQ checkpoint: {unknown[:10]}")
@@ -221,7 +221,7 @@ def load_pretrained(folder: str | Path, bridge: bool | None = None
     state = read_state_dict(folder / "model.safetensors")
     if bridge is False and cfg.bridge:
         cfg.bridge = False
-        state = {k: v for k, v in state.items() if not k.startswith(_BRIDGE_PREFIXES)}
+        state = {k: v for k, v in state.items() if not k.startswith(BRIDGE_PREFIXES)}
     cfg.text.tokenizer = str(folder / cfg.text.tokenizer) if cfg.text.tokenizer else None
     model = create_model(cfg)
     model.load_state_dict(state, strict=True)
