@@ -1,7 +1,7 @@
 """Which stored frames a loader takes from a clip: the one function every loader calls.
 
 MCQ splits a clip into ``num_frames`` equal segments and takes one frame from each: a random one in
-training ("rand"), the middle one in evaluation ("uniform") (SPEC §3.3). The reference (PyAV) loader
+training ("rand"), the middle one in evaluation ("uniform"), as the original. The reference (PyAV) loader
 and the DALI pipeline must agree exactly, so both call :func:`segment_frames`, and the DALI graph is
 tested against it.
 

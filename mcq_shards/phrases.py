@@ -1,6 +1,6 @@
 """Noun and verb phrases of a caption, with character spans, parsed offline as the MCQ authors did.
 
-MCQ's pretext task masks one phrase of the caption and asks the model to pick it (SPEC §2.1-2.3). The
+MCQ's pretext task masks one phrase of the caption and asks the model to pick it. The
 phrases are parsed once, here, and stored as ``{"text", "start", "end"}`` spans into the caption so
 that the loader masks exactly that span instead of re-splitting strings.
 

@@ -1,4 +1,4 @@
-"""Retrieval metrics with the conventions of the original code (SPEC §5.2, `model/metric.py`), vectorised.
+"""Retrieval metrics with the conventions of the original code (its `model/metric.py`), vectorised.
 
 A similarity matrix has one row per text query and one column per video; `query_video[i]` is the column of query
 i's video. Ranks are 0-based internally and reported 1-based (MedR, MeanR), R@K in percent:
