@@ -1,4 +1,4 @@
-"""Symmetric InfoNCE with negatives from the whole global batch (SPEC §2.6–2.7).
+"""Symmetric InfoNCE with negatives from the whole global batch, for both MCQ terms (video-text and bridge-answer).
 
 For embeddings ``a`` (rows) and ``b`` (columns) of N pairs, S is their cosine-similarity matrix and
 

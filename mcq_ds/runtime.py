@@ -4,6 +4,7 @@ One helper per idea, used by training, evaluation and the loaders alike:
 
 * `distributed_position`: (rank, world size) without joining anything (the loaders' split);
 * `init_distributed`: join the process group a launcher (`deepspeed`, `torchrun`) describes in the environment;
+* `next_on_every_rank`: the next batch, or the same error on every rank;
 * `pick_device`: the device a command runs on;
 * `atomic_write` / `write_text_atomic`: write beside the target and rename over it.
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -50,6 +52,32 @@ def init_distributed(device: torch.device, always: bool = False) -> tuple[int, i
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def control_group() -> dist.ProcessGroup | None:
+    """A process group for small host-side messages: the default group when it is gloo, else a gloo group beside
+    it, so that a flag travels without touching (or synchronising with) a GPU. Collective: every rank calls it."""
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+def next_on_every_rank(iterator: Iterator, group: dist.ProcessGroup | None = None) -> Any:
+    """`next(iterator)` on every rank, or the same error on every rank. A rank whose loader fails (most often
+    `TooManySkips`: its shards are damaged) would otherwise leave the others waiting in the step's collectives until
+    a timeout; here every rank learns of it at the same step, at the cost of one 4-byte all-reduce on the CPU."""
+    try:
+        item, failure = next(iterator), None
+    except Exception as err:  # any loader failure: the other ranks must hear of it before they wait on this one
+        item, failure = None, err
+    flag = torch.tensor([failure is not None], dtype=torch.int32)
+    dist.all_reduce(flag, group=group)
+    if flag.item():
+        messages: list = [None] * dist.get_world_size(group)
+        mine = None if failure is None else f"rank {dist.get_rank()}: {type(failure).__name__}: {failure}"
+        dist.all_gather_object(messages, mine, group=group)
+        if failure is not None:
+            raise failure
+        raise RuntimeError("stopping: " + "; ".join(m for m in messages if m))
+    return item
 
 
 def pick_device(device: str | None = None) -> torch.device:

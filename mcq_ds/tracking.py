@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import (
-    TYPE_CHECKING, Any, Callable, Concatenate, Literal, Mapping, ParamSpec, Sequence, TextIO,
+    TYPE_CHECKING, Any, Callable, Concatenate, Literal, Mapping, ParamSpec, TextIO,
 )
 
 if TYPE_CHECKING:
@@ -331,17 +331,17 @@ def replay(local_dir: str | Path, uri: str | None) -> list[str]:
     return [run_id for run_id, _ in runs.values()]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="mcq-ds tracking-replay",
-        description=f"Push a training run's local tracking record ({RECORD}) into MLflow.",
-    )
-    parser.add_argument("local_dir", type=Path, help=f"the folder that holds {RECORD}")
+COMMAND_DOC = f"Push a training run's local tracking record ({RECORD}) into MLflow, e.g. one written while the " \
+    "server was down; prints the new run ids."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("local_dir", type=Path, help=f"the folder that holds {RECORD} (a run's OUT)")
     parser.add_argument("uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     for run_id in replay(args.local_dir, args.uri):
         print(run_id)
+    return 0
 
-
-if __name__ == "__main__":
-    main()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mcq_ds.config import preset
+from mcq_ds.model.presets import preset
 from mcq_ds.eval import extract, search
 from mcq_ds.eval.data import ClipSpec, video_file_clip
 from mcq_ds.loss import l2_normalise

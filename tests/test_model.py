@@ -5,7 +5,8 @@ import pytest
 import timm
 import torch
 
-from mcq_ds.config import MCQConfig, TextConfig, VideoConfig, preset
+from mcq_ds.config import MCQConfig, TextConfig, VideoConfig
+from mcq_ds.model.presets import preset
 from mcq_ds.model import MCQ, Tokens, load_timm_vit, load_tokenizer
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import preset
+from ..model.presets import preset
 from ..eval.checkpoint import load_model
 from ..eval.data import ClipSpec
 from ..runtime import pick_device

@@ -7,6 +7,7 @@ take a batch of the step's source, embed, MCQ loss, backward, step; log; checkpo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -18,11 +19,11 @@ import torch.distributed as dist
 
 from ..loss import MCQLoss
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
-from ..runtime import init_distributed, pick_device, write_text_atomic
+from ..runtime import control_group, init_distributed, next_on_every_rank, pick_device, write_text_atomic
+from ..tracking import Tracker
 from . import checkpoints
 from .config import DS_CONFIGS, TrainConfig, resolve
 from .schedule import step_decay, warmup_cosine
-from ..tracking import Tracker
 
 log = logging.getLogger("mcq_ds.train")
 
@@ -32,9 +33,9 @@ def build_model(cfg: TrainConfig):
     if cfg.init:
         model, tokenizer = load_pretrained(cfg.init)
     else:
-        from ..config import preset
+        from ..model.presets import preset
 
-        model_cfg = preset(cfg.model)
+        model_cfg = preset(cfg.preset)
         model_cfg.video.num_frames = max(model_cfg.video.num_frames, cfg.frames)
         model, tokenizer = create_model(model_cfg), create_tokenizer(model_cfg)
     if cfg.frames > model.cfg.video.num_frames:
@@ -48,7 +49,7 @@ def build_model(cfg: TrainConfig):
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
-    """The JSON from ds_configs/ as is, plus the values that depend on this run."""
+    """The JSON from mcq_ds/ds_configs/ as is, plus the values that depend on this run."""
     path = Path(cfg.ds_config) if cfg.ds_config else DS_CONFIGS / (
         "zero1_bf16.json" if torch.cuda.is_available() else "cpu_fp32.json")
     if not path.is_file() and (DS_CONFIGS / path.name).is_file():
@@ -84,6 +85,8 @@ def make_loader(kind: str, loader_cfg):
         from ..data.loader import ShardLoader
         return ShardLoader(loader_cfg)
     if kind == "dali":
+        if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+            raise ValueError("--loader dali needs NVIDIA DALI: pip install 'mcq-ds[dali]'")
         from ..data.dali import DaliLoader
         return DaliLoader(loader_cfg)
     raise ValueError(f"--loader must be torch or dali, got '{kind}'")
@@ -95,6 +98,7 @@ def train(cfg: TrainConfig) -> Path:
     from ..data.loader import LoaderConfig
 
     rank, world = init_distributed(pick_device(), always=True)  # a plain `mcq-ds train` is a 1-rank group
+    control = control_group()
     on_gpu = torch.cuda.is_available()
     if cfg.grad_checkpointing is None:
         cfg.grad_checkpointing = on_gpu
@@ -110,17 +114,17 @@ def train(cfg: TrainConfig) -> Path:
         load_dir = checkpoints.universal(resume_from)  # ZeRO partitions depend on the world size: re-shard them
         ds["checkpoint"] = {"load_universal": True}
     loaders = {source: make_loader(cfg.loader, LoaderConfig(
-        shards=cfg.data[source], source=source, train=True, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
+        shards=cfg.data[source], source=source, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
         batch_size=ds["train_micro_batch_size_per_gpu"], workers=cfg.workers, seed=cfg.seed, rank=rank,
         world_size=world, tokenizer=tokenizer, question_type=cfg.question_type, question_mode=cfg.question_mode,
         max_text_length=model.cfg.text.max_length,
-        normalisation=model.cfg.normalisation, hflip=cfg.hflip))
+        normalisation=model.cfg.normalisation, hflip=cfg.hflip, max_skip_share=cfg.max_skip_share))
         for source in cfg.sources}
     accumulation = ds["gradient_accumulation_steps"]
     total_steps, milestones = steps_plan(cfg, {s: loaders[s].batches_per_epoch // accumulation for s in cfg.sources})
     factor = step_decay(milestones) if cfg.schedule == "step" else warmup_cosine(cfg.warmup_steps, total_steps)
     optimizer = None
-    if "optimizer" not in ds:  # the original's AdamW (SPEC §4.1): eps 1e-6, no weight decay
+    if "optimizer" not in ds:  # the original's AdamW: eps 1e-6, no weight decay
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds,
@@ -164,7 +168,7 @@ def train(cfg: TrainConfig) -> Path:
         source = cfg.sources[step % len(cfg.sources)]
         for _ in range(accumulation):
             t0 = time.perf_counter()
-            batch = next(iterators[source]).to(engine.device, dtype)
+            batch = next_on_every_rank(iterators[source], control).to(engine.device, dtype)
             window["data"] += time.perf_counter() - t0
             counters["skipped"] += batch.skipped
             counters["no_phrase"] += sum(k == "none" for k in batch.kinds)

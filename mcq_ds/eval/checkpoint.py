@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..config import preset
+from ..model.presets import preset
 from ..engine.checkpoints import complete_checkpoints
 from ..model import (CLIPMCQ, MCQ, create_model, create_tokenizer, from_original, load_pretrained, load_tokenizer,
                      model_config_from_dict)
@@ -151,9 +151,9 @@ def _run_model_config(tag: Path, train: dict):
             if cfg.text.tokenizer and not Path(cfg.text.tokenizer).is_absolute():
                 cfg.text.tokenizer = str(folder / cfg.text.tokenizer)
             return cfg
-    if not train.get("model"):
+    if not train.get("preset"):
         raise ValueError(f"{tag}: cannot tell the model's architecture: no {run / 'model'}/config.json, and the "
                          "checkpoint's training config names neither an --init folder that still exists nor a preset")
-    cfg = preset(train["model"])
+    cfg = preset(train["preset"])
     cfg.video.num_frames = max(cfg.video.num_frames, train.get("frames") or 1)
     return cfg

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="files per resumable chunk (default %(default)s)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="default fp32")
     parser.add_argument("--tokenizer", help="tokenizer for an original .pth checkpoint")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--device", help="torch device (default: this rank's GPU, LOCAL_RANK, when there is one, "
+                        "else the CPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -232,9 +232,3 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomic(args.out / "extract.json", json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
-
-
-if __name__ == "__main__":  # the same as `mcq-ds extract ...`
-    from ..cli import main
-
-    sys.exit(main(["extract", *sys.argv[1:]]))
