@@ -23,7 +23,10 @@ class VideoConfig:
     depth: int = 12
     heads: int = 12
     mlp_ratio: float = 4.0
-    num_frames: int = 4  # the most frames an input may have; fewer are allowed
+    # With temporal_attention, the rows of the temporal position table: the most frames the model takes. Without it
+    # the model has no frame-dependent parameter and takes any number; this is then only the frame count its
+    # evaluation uses by default (a run's own choice is `mcq-ds train --frames`, `mcq-ds eval --frames`).
+    num_frames: int = 4
     qkv_bias: bool = True
     ln_eps: float = 1e-6
     # Frozen-in-Time divided space-time attention: zero-initialised temporal attention and a temporal

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from mcq_ds.model.presets import preset
+from mcq_ds.config import CLIPTextConfig
 from mcq_ds.loss import MCQLoss
 from mcq_ds.model import CLIPMCQ, CLIPMCQConfig, Tokens, create_tokenizer, from_clip, load_pretrained, save_pretrained
 from mcq_ds.model import clip_loading
-from mcq_ds.config import CLIPTextConfig
 from mcq_ds.model.clip import ResidualAttentionBlock
+from mcq_ds.model.presets import preset
 
 HEAD_DIM = 32  # two heads per tower in the tiny models, so head splitting is tested too
 CAPTIONS = ["a man is riding a red bicycle down the street", "Tom &amp; Jerry’s fight!!", "two dogs"]

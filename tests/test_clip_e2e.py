@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import torch
 
-from mcq_ds.model.presets import preset
 from mcq_ds.eval import extract
 from mcq_ds.eval.data import ClipSpec
-from mcq_ds.eval.reader import CollateEval, ShardClips, eval_samples
 from mcq_ds.eval.embed import embed_batch
+from mcq_ds.eval.reader import CollateEval, ShardClips, eval_samples
 from mcq_ds.loss import l2_normalise
 from mcq_ds.model import create_model, create_tokenizer, load_pretrained, save_pretrained
+from mcq_ds.model.presets import preset
 
 
 def test_extract_features_equal_the_eval_features_of_the_same_videos(demo_shards, tmp_path):

@@ -15,14 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from mcq_ds.model.presets import preset
 from mcq_ds.eval import retrieval
 from mcq_ds.eval.checkpoint import load_model
 from mcq_ds.eval.data import ClipSpec, clip_tensor, eval_transform, window_frames
-from mcq_ds.eval.reader import eval_samples, rank_share
 from mcq_ds.eval.extract import read_ids
+from mcq_ds.eval.reader import eval_samples, rank_share
 from mcq_ds.model import MCQ, create_model, create_tokenizer, load_tokenizer, save_pretrained
 from mcq_ds.model.loading import mcq_to_original
+from mcq_ds.model.presets import preset
 from mcq_shards.convert import Options, convert
 from mcq_shards.sources import msrvtt
 from mcq_shards.synth import synthesize

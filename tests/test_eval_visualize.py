@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mcq_ds.model.presets import preset
 from mcq_ds.data.questions import QuestionBuilder
 from mcq_ds.eval import visualize
 from mcq_ds.eval.attention import apply_probs, cross_attention_probs, record_cross_attention
@@ -17,6 +16,7 @@ from mcq_ds.eval.data import ClipSpec
 from mcq_ds.eval.reader import ShardClips, eval_samples
 from mcq_ds.loss import MCQLoss
 from mcq_ds.model import MCQ, Tokens, load_tokenizer, save_pretrained
+from mcq_ds.model.presets import preset
 from mcq_shards.convert import Options, convert
 from mcq_shards.sources import webvid
 from mcq_shards.synth import synthesize

@@ -38,7 +38,7 @@ def build_model(cfg: TrainConfig):
         model_cfg = preset(cfg.preset)
         model_cfg.video.num_frames = max(model_cfg.video.num_frames, cfg.frames)
         model, tokenizer = create_model(model_cfg), create_tokenizer(model_cfg)
-    if cfg.frames > model.cfg.video.num_frames:
+    if cfg.frames > model.cfg.video.num_frames and getattr(model.cfg.video, "temporal_attention", False):
         raise ValueError(f"stage {cfg.stage} uses {cfg.frames} frames; the model in {cfg.init} takes at most "
                          f"{model.cfg.video.num_frames}")
     model.set_grad_checkpointing(bool(cfg.grad_checkpointing))

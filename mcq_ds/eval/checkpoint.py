@@ -50,14 +50,17 @@ class LoadedModel:
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "step": self.step,
-                "bridge": hasattr(self.model, "bridge_model"), "max_frames": self.model.cfg.video.num_frames}
+                "bridge": hasattr(self.model, "bridge_model"),
+                "max_frames": self.model.cfg.video.num_frames if getattr(self.model.cfg.video, "temporal_attention",
+                                                                        False) else None}
 
 
 def load_model(path: str | Path, bridge: bool = False, frames: int | None = None,
                tokenizer: str | None = None) -> LoadedModel:
     """The model behind `path`, in eval mode on the CPU. `bridge=False` drops the BridgeFormer (retrieval needs
-    only the two encoders); `frames` raises the model's frame limit where nothing in it depends on the frame count
-    (MCQ has no temporal parameter); `tokenizer` is only used for original checkpoints, which do not carry one."""
+    only the two encoders); `frames` is the run's frame count, checked against a temporal table when the model has
+    one (MCQ has no frame-dependent parameter); `tokenizer` is only used for original checkpoints, which do not
+    carry one."""
     path = Path(path)
     if path.is_file():
         if path.suffix not in WEIGHT_SUFFIXES:
@@ -73,11 +76,9 @@ def load_model(path: str | Path, bridge: bool = False, frames: int | None = None
         loaded = LoadedModel(model, tok, "deepspeed", tag, step)
     else:
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if frames is not None and frames > loaded.model.cfg.video.num_frames:
-        if getattr(loaded.model.cfg.video, "temporal_attention", False):
-            raise ValueError(f"{path}: this model's temporal table has {loaded.model.cfg.video.num_frames} frames; "
-                             f"it cannot take {frames}")
-        loaded.model.cfg.video.num_frames = frames  # only a bound: the position table is tiled per frame
+    video = loaded.model.cfg.video
+    if frames is not None and frames > video.num_frames and getattr(video, "temporal_attention", False):
+        raise ValueError(f"{path}: this model's temporal table has {video.num_frames} frames; it cannot take {frames}")
     loaded.model.eval()
     return loaded
 

@@ -97,8 +97,9 @@ class VideoFormer(nn.Module):
     def embed(self, video: torch.Tensor) -> torch.Tensor:
         """Patch tokens + tiled spatial positions (+ temporal positions when enabled), with [CLS] in front."""
         frames = video.shape[1]
-        if frames > self.cfg.num_frames:
-            raise ValueError(f"the model takes at most {self.cfg.num_frames} frames, got {frames}")
+        if hasattr(self, "temporal_embed") and frames > self.cfg.num_frames:
+            raise ValueError(f"the model's temporal position table has {self.cfg.num_frames} rows: it takes at most "
+                             f"{self.cfg.num_frames} frames, got {frames}")
         patches = self.patch_embed(video)
         pos = self.pos_embed[:, 1:]
         if hasattr(self, "temporal_embed"):
