@@ -1,4 +1,4 @@
-"""The batch contract: what every loader (the webdataset reference loader, the DALI pipeline) hands the engine."""
+"""The batch contract: what every loader (the reference loader, the DALI pipeline) hands the engine."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
