@@ -109,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(func=module.run)
 
+    from .serve import app as serve, onnx_export
+
+    for name, module, help_ in (
+            ("serve", serve, "a local search server and web page over extracted video embeddings"),
+            ("export-onnx", onnx_export, "the text and video encoders as two ONNX files + the tokenizer")):
+        p = sub.add_parser(name, help=help_, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+
     p = sub.add_parser("bench-model", help="forward+backward speed and peak memory of one training step",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
