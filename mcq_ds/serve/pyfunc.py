@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -105,9 +106,11 @@ def save_pyfunc(model_folder: Path, out: Path) -> Path:
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             packages.append(str(Path(staging) / "code" / package))
         saved = Path(staging) / "model"
-        mlflow.pyfunc.save_model(str(saved), python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                                 artifacts={"model": str(model_folder)}, signature=signature(cfg.embed_dim),
-                                 code_paths=packages, pip_requirements=_requirements())
+        with warnings.catch_warnings():  # the signature is given; an example would make saving run the model
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            mlflow.pyfunc.save_model(str(saved), python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                                     artifacts={"model": str(model_folder)}, signature=signature(cfg.embed_dim),
+                                     code_paths=packages, pip_requirements=_requirements())
         _link_duplicates(model_folder, saved / "artifacts" / "model")
         if out.exists():
             shutil.rmtree(out)
