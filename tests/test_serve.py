@@ -288,6 +288,10 @@ def test_the_page_in_a_real_browser_shows_the_top_result(server, tmp_path_factor
         browser.save_screenshot(str(screenshot))
         print(f"screenshot of the search page: {screenshot}")
         assert Image.open(screenshot).size[0] > 0
+        cards[0].find_element(By.TAG_NAME, "img").click()  # plays the clip: the browser reads it through the API
+        wait.until(lambda b: b.execute_script("const v = document.querySelector('#viewer video');"
+                                              "return v !== null && v.readyState >= 1 && v.videoWidth > 0"))
+        browser.find_element(By.ID, "viewer-close").click()
         box.clear()
         box.send_keys(" ", Keys.ENTER)  # an empty query: the page shows the API's message
         wait.until(lambda b: "empty query" in b.find_element(By.ID, "status").text)

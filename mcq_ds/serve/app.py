@@ -68,7 +68,12 @@ def create_app(collection: Collection, loaded: LoadedModel, thumbnails: Thumbnai
     buckets = TokenBuckets(rate, burst)
     model_lock = threading.Lock()  # one forward pass at a time: attention hooks are per model, and the CPU is shared
     has_bridge = hasattr(loaded.model, "bridge_model")
-    phrase_parser = []
+
+    @functools.cache
+    def phrase_parser():
+        from shards.phrases import PhraseParser
+
+        return PhraseParser()
 
     @app.middleware("http")
     async def limit_each_client(request: Request, call_next):
@@ -197,11 +202,7 @@ def create_app(collection: Collection, loaded: LoadedModel, thumbnails: Thumbnai
                            "attention to show; serve a pre-training model (a run's OUT/model, MCQ.pth) to see it")
         path = existing_video(row)
         with model_lock:
-            if not phrase_parser:
-                from shards.phrases import PhraseParser
-
-                phrase_parser.append(PhraseParser())
-            phrases = phrase_parser[0].parse([text])[0]
+            phrases = phrase_parser().parse([text])[0]
             nouns, verbs = [p["text"] for p in phrases["nouns"][:2]], [p["text"] for p in phrases["verbs"][:1]]
             if not nouns and not verbs:
                 raise ApiError(422, f"no noun or verb phrase found in {text!r}: the attention view masks a phrase "
