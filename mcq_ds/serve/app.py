@@ -34,8 +34,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from shards.media import MediaError
 
@@ -46,6 +48,9 @@ from .collection import Collection
 from .ratelimit import TokenBuckets
 from .thumbnails import Thumbnails
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 STATIC = Path(__file__).with_name("static")
 
 
@@ -55,8 +60,8 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-def create_app(collection: Collection, loaded: LoadedModel, thumbnails: Thumbnails, device="cpu", max_k: int = 100,
-               max_query_chars: int = 1000, rate: float = 20.0, burst: int = 60):
+def create_app(collection: Collection, loaded: LoadedModel, thumbnails: Thumbnails, device: torch.device | str = "cpu",
+               max_k: int = 100, max_query_chars: int = 1000, rate: float = 20.0, burst: int = 60) -> FastAPI:
     """The FastAPI application over one collection and the model that wrote it (also used by the benchmark)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
