@@ -110,6 +110,8 @@ def test_search_api_gives_what_mcq_ds_search_gives(server, demo, capsys):
     expected = json.loads(capsys.readouterr().out)["results"]
     assert [r["id"] for r in answer["results"]] == [r["id"] for r in expected]
     np.testing.assert_allclose([r["score"] for r in answer["results"]], [r["score"] for r in expected], atol=1e-5)
+    assert get_json(f"{server}/search?" + urllib.parse.urlencode({"q": QUERY, "k": 5}))[1]["results"] == \
+        answer["results"]  # the short path
     first = answer["results"][0]
     assert first["rank"] == 1 and not first["missing"] and Path(first["path"]).is_file()
     assert first["video"] == f"/api/video/{first['row']}" and first["thumbnail"] == f"/api/thumbnail/{first['row']}"

@@ -13,6 +13,7 @@ embedding; "attention" draws the BridgeFormer's cross-attention of the query's n
     GET /api/info                          the collection, the model, the limits, warnings
     GET /api/search?q=TEXT&k=20            text → videos: rank, row, id, score, path, video and thumbnail URLs
     GET /api/similar?id=ID&k=20            video → videos (or row=N), the video itself left out
+                                           (both also as /search and /similar)
     GET /api/video/ROW                     the video file (HTTP range requests, so players can seek)
     GET /api/thumbnail/ROW                 JPEG of the frames the model saw
     GET /api/attention?row=ROW&q=TEXT      PNG of the BridgeFormer attention of the query's phrases
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 STATIC = Path(__file__).with_name("static")
+SHORT_PATHS = ("/search", "/similar")  # the same as /api/search and /api/similar
 
 
 class ApiError(Exception):
@@ -82,7 +84,7 @@ def create_app(collection: Collection, loaded: LoadedModel, thumbnails: Thumbnai
 
     @app.middleware("http")
     async def limit_each_client(request: Request, call_next):
-        if request.url.path.startswith("/api/"):
+        if request.url.path.startswith("/api/") or request.url.path in SHORT_PATHS:
             client = request.client.host if request.client else "unknown"
             wait = buckets.take(client)
             if wait:
@@ -153,6 +155,7 @@ def create_app(collection: Collection, loaded: LoadedModel, thumbnails: Thumbnai
                 "limits": {"max_k": max_k, "max_query_chars": max_query_chars, "rate": rate, "burst": burst}}
 
     @app.get("/api/search")
+    @app.get("/search", include_in_schema=False)
     def search(q: str | None = None, k: int = 20) -> dict:
         text, k = checked_query(q), checked_k(k)
         start = time.perf_counter()
@@ -163,6 +166,7 @@ def create_app(collection: Collection, loaded: LoadedModel, thumbnails: Thumbnai
                 "results": found}
 
     @app.get("/api/similar")
+    @app.get("/similar", include_in_schema=False)
     def similar(id: str | None = None, row: int | None = None, k: int = 20) -> dict:
         if (id is None) == (row is None):
             raise ApiError(400, "give the video as id=ID (a line of video_ids.txt) or row=N, one of the two")
