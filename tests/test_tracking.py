@@ -294,7 +294,7 @@ def test_rank_one_writes_nothing(server, tmp_path):
     assert MlflowClient(server.uri).get_experiment_by_name("rank1") is None
 
 
-def test_training_run_is_visible_in_a_real_mlflow_server(server, demo_shards, tmp_path):
+def test_training_run_is_visible_in_a_real_mlflow_server(server, demo_shards, tmp_path, monkeypatch):
     """`mcq-ds train --mlflow-uri http://127.0.0.1:PORT`: config, metrics and the exported model reach the server."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "mcq_ds.cli", "train", "--stage", "demo-1f-noun", "--preset", "tiny",
@@ -315,3 +315,11 @@ def test_training_run_is_visible_in_a_real_mlflow_server(server, demo_shards, tm
     assert {"train_config.json", "deepspeed_config.json", "model"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/model.safetensors",
                                                                               "model/config.json"}
+    # the exported model is also an MLflow pyfunc model: registered by name and loaded back, it embeds texts
+    import mlflow
+    import pandas as pd
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/mlflow-model", "mcq-ds-engine-test")
+    model = mlflow.pyfunc.load_model(f"models:/mcq-ds-engine-test/{version.version}")
+    assert model.predict(pd.DataFrame({"text": ["a red square is moving"]})).shape == (1, 64)

@@ -186,6 +186,9 @@ def train(cfg: TrainConfig) -> Path:
     export = _export(engine, ckpt_dir, step, model.cfg, tokenizer, out, rank)
     if rank == 0:
         tracker.log_artifacts(export, "model")
+        if cfg.mlflow_uri != "none":  # also as an MLflow pyfunc model that predicts embeddings (mcq_ds/serve/pyfunc.py)
+            from ..serve.pyfunc import log_pyfunc
+            log_pyfunc(tracker, export, out / "mlflow-model")
     tracker.close()
     return export
 
