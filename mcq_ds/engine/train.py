@@ -116,6 +116,8 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_from = checkpoints.resolve_resume(ckpt_dir, cfg.resume)
+    if resume_from is not None:
+        checkpoints.check_pickles(resume_from)  # before anything unpickles it
     torch.manual_seed(cfg.seed)  # the same initialisation on every rank and in every rerun
     model, tokenizer = build_model(cfg)
     ds = deepspeed_config(cfg, world)
@@ -145,7 +147,8 @@ def train(cfg: TrainConfig) -> Path:
 
     step, run_id = 0, None
     if resume_from is not None:
-        _, client = engine.load_checkpoint(str(load_dir), tag=resume_from.name)
+        with checkpoints.weights_only_loads():
+            _, client = engine.load_checkpoint(str(load_dir), tag=resume_from.name)
         step, run_id = client["step"], client.get("mlflow_run_id")
         own = checkpoints.load_rank_state(resume_from, rank)
         if checkpoints.saved_world_size(resume_from) != world:
@@ -248,7 +251,8 @@ def _export(engine, ckpt_dir, step, model_cfg, tokenizer, out, rank) -> Path:
         if engine.zero_optimization_stage() > 0:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=checkpoints.tag_for(step))
+            with checkpoints.weights_only_loads():
+                state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=checkpoints.tag_for(step))
         else:
             state = {k: v.float() for k, v in engine.module.state_dict().items()}
         model = create_model(model_cfg)

@@ -1,0 +1,110 @@
+"""What a resume reads and where a run writes, on the real DeepSpeed engine: no pickled code runs from a checkpoint,
+a run's folder stays bound to its run, `--resume PATH` reads only PATH.
+
+One real run (3 steps, checkpoints at steps 2 and 3) serves the module; each test works on a hard-linked copy of
+it, so replacing a file in the copy leaves the original alone.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcq_ds.engine import checkpoints
+from test_engine import finish, mcq_ds, train_args
+
+STEPS = ["--max-steps", "3", "--save-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(demo_shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("safety") / "run"
+    finish(mcq_ds(*train_args(demo_shards, out, *STEPS)))
+    return out
+
+
+def linked_copy(run: Path, to: Path) -> Path:
+    """A copy of the run folder whose files are hard links: cheap, and a file replaced in it is the copy's own."""
+    shutil.copytree(run, to, copy_function=os.link)
+    return to
+
+
+class RunsCode:
+    """A pickle that, when loaded by the stock unpickler, runs `touch MARKER`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def plant(path: Path, marker: Path) -> None:
+    """Replaces `path` (a real checkpoint file) by one that keeps its content and adds a call to os.system."""
+    content = torch.load(path, weights_only=False)
+    path.unlink()  # the hard link to the original goes; the original stays intact
+    torch.save({**content, "payload": RunsCode(marker)}, path)
+
+
+def run_train(demo_shards, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mcq_ds.cli", *train_args(demo_shards, out, *STEPS, *extra)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+
+
+@pytest.mark.parametrize("victim", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                    "rank0.pt"])
+def test_resume_refuses_a_checkpoint_file_that_pickles_code(trained_run, demo_shards, tmp_path, victim):
+    out = linked_copy(trained_run, tmp_path / "run")
+    marker = tmp_path / "pwned"
+    plant(out / "checkpoints/step00000003" / victim, marker)
+    done = run_train(demo_shards, out)  # the same command again: --resume latest takes step 3
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"step00000003/{victim}: refused" in done.stderr and "posix.system" in done.stderr
+    assert not marker.exists()
+
+
+def test_universal_conversion_refuses_planted_files(trained_run, demo_shards, tmp_path):
+    """A checkpoint written by another number of ranks is re-sharded through DeepSpeed's universal format: both its
+    files and an already converted folder are checked before DeepSpeed reads them."""
+    out = linked_copy(trained_run, tmp_path / "run")
+    tag = out / "checkpoints/step00000003"
+    complete = tag / checkpoints.COMPLETE
+    marker = {**json.loads(complete.read_text()), "world_size": 2}  # as if 2 ranks wrote it: this run has 1
+    complete.unlink()
+    complete.write_text(json.dumps(marker))
+    subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag),
+                    "--output_folder", str(out / "checkpoints/universal/step00000003")], check=True,
+                   capture_output=True)  # DeepSpeed's own converter, on the genuine checkpoint
+    param = out / "checkpoints/universal/step00000003/zero/video_model.cls_token/fp32.pt"
+    assert param.is_file()
+    pwned = tmp_path / "pwned"
+    plant(param, pwned)
+    done = run_train(demo_shards, out)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "video_model.cls_token/fp32.pt: refused" in done.stderr and not pwned.exists()
+
+    shutil.rmtree(out / "checkpoints/universal")  # now the conversion itself meets the planted file
+    plant(tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt", pwned)
+    convert = subprocess.run([sys.executable, "-m", "mcq_ds.engine.checkpoints", "--input_folder", str(tag),
+                              "--output_folder", str(tmp_path / "universal")], capture_output=True, text=True)
+    assert convert.returncode != 0 and "refused" in convert.stderr and not pwned.exists()
+
+
+def test_deepspeed_reads_are_weights_only(trained_run, tmp_path):
+    """Inside `weights_only_loads`, DeepSpeed's own `torch.load(weights_only=False)` reads a real ZeRO optimizer file
+    (its classes are allowed) and refuses a file swapped in after the check."""
+    tag = trained_run / "checkpoints/step00000003"
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": RunsCode(tmp_path / "pwned")}, evil)
+    with checkpoints.weights_only_loads():
+        state = torch.load(tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False)
+        with pytest.raises(Exception, match="posix.system"):
+            torch.load(evil, weights_only=False)
+    assert state["optimizer_state_dict"]["zero_stage"] == 1
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+    assert not (tmp_path / "pwned").exists()
+    checkpoints.check_pickles(tag)  # the real checkpoint passes the static check
