@@ -1,0 +1,103 @@
+"""The converter on input that is easy to misread: byte-order marks, rows out of step with their files, names that
+are not UTF-8, paths that leave the data folder, NUL bytes, other people's files in the output folder, and a
+kill -9 that must not leave its workers behind."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shards.cli import main
+from shards.manifest import read_manifest
+from shards.sources import cc3m
+from shards_fixtures import encode_image, encode_video, write_webvid
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--workers", "1", "--quiet", "--min-frames", "4"]
+BOM = "\ufeff".encode()
+
+
+def samples_of(out: Path) -> dict[str, dict]:
+    """key -> json of every sample, plus the stored image's width for images."""
+    found = {}
+    for shard in read_manifest(out).shards:
+        with tarfile.open(shard.path) as tar:
+            for m in tar:
+                if m.name.endswith(".json"):
+                    found[m.name[:-5]] = json.loads(tar.extractfile(m).read())
+    return found
+
+
+def rejects_of(out: Path) -> dict[str, str]:
+    lines = (out / "rejects.jsonl").read_bytes().decode("utf-8").splitlines()  # must be valid UTF-8
+    return {r["key"]: r["reason"].split(":")[0] for r in map(json.loads, lines)}
+
+
+def img2dataset_folder(folder: Path, rows: list[tuple[str, str]], sidecars: bool = False) -> None:
+    """Images in img2dataset's "files" layout, row i `width = 200 + 10 i`, so a sample tells which file it got;
+    with `sidecars`, the `.json` img2dataset writes beside each image (its url and caption)."""
+    for i, (caption, url) in enumerate(rows):
+        path = folder / cc3m.img2dataset_name(i)
+        encode_image(path, 200 + 10 * i, 150)
+        if sidecars:
+            path.with_suffix(".json").write_text(json.dumps({"key": f"{i:09d}", "url": url, "caption": caption}))
+
+
+def video(path: Path | bytes) -> None:
+    """A 2 s clip at `path` (bytes: a file name that need not be UTF-8, written beside and renamed)."""
+    target = os.fsencode(path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = Path(os.path.dirname(os.fsdecode(target))) / "encoding.mp4"
+    encode_video(tmp, "h264", seconds=2)
+    os.rename(tmp, target)
+
+
+CAPTIONS = [("A red apple on a wooden table", "http://img.example/0.jpg"),
+            ("A dog runs on the beach", "http://img.example/1.jpg"),
+            ("An old map of the city", "http://img.example/2.jpg")]
+
+
+def test_a_byte_order_mark_is_not_data(tmp_path):
+    """A TSV saved by a spreadsheet tool starts with a BOM: its header must still be seen as one, or every image
+    gets the previous row's caption. The same for the CSV and JSON layouts."""
+    tsv = tmp_path / "cc3m.tsv"
+    tsv.write_bytes(BOM + b"caption\turl\n" + "".join(f"{c}\t{u}\n" for c, u in CAPTIONS).encode())
+    img2dataset_folder(tmp_path / "images", CAPTIONS)
+    assert main(["cc3m", str(tsv), "--images", str(tmp_path / "images"), "-o", str(tmp_path / "cc3m"), *FAST]) == 0
+    samples = samples_of(tmp_path / "cc3m")
+    assert {k: (s["caption"], s["width"]) for k, s in samples.items()} == {
+        f"cc3m-{i:09d}": (caption, 200 + 10 * i) for i, (caption, _) in enumerate(CAPTIONS)}
+
+    csv = write_webvid(tmp_path / "webvid", [("1", "A white square moves across a gradient", "h264")])
+    csv.write_bytes(BOM + csv.read_bytes())
+    assert main(["webvid", str(csv), "-o", str(tmp_path / "webvid-out"), *FAST]) == 0
+    assert list(samples_of(tmp_path / "webvid-out")) == ["webvid-1"]
+
+    root = tmp_path / "MSRVTT"
+    video(root / "videos/all/video7.mp4")
+    (root / "MSR_VTT.json").write_bytes(BOM + json.dumps(
+        {"annotations": [{"image_id": "video7", "caption": "a man sings a song"}]}).encode())
+    (root / "train_list_jsfusion.txt").write_bytes(BOM + b"video7\n")
+    assert main(["msrvtt", str(root), "--split", "train", "-o", str(tmp_path / "msrvtt"), *FAST]) == 0
+    assert list(samples_of(tmp_path / "msrvtt")) == ["msrvtt-video7"]
+
+
+def test_rows_out_of_step_with_img2dataset_files_stop_the_run(tmp_path, capsys):
+    """img2dataset names files by row number and stores each row's url beside the image: a TSV that lost a line
+    (or gained one) no longer matches, and every later caption would land on the wrong image."""
+    img2dataset_folder(tmp_path / "images", CAPTIONS, sidecars=True)
+    tsv = tmp_path / "cc3m.tsv"
+    tsv.write_text("".join(f"{c}\t{u}\n" for c, u in CAPTIONS))
+    assert main(["cc3m", str(tsv), "--images", str(tmp_path / "images"), "-o", str(tmp_path / "ok"), *FAST]) == 0
+    tsv.write_text("".join(f"{c}\t{u}\n" for c, u in CAPTIONS[1:]))  # row 0 lost
+    assert main(["cc3m", str(tsv), "--images", str(tmp_path / "images"), "-o", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{tsv}:1:" in err and "http://img.example/1.jpg" in err and "http://img.example/0.jpg" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
