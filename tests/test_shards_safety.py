@@ -101,3 +101,27 @@ def test_rows_out_of_step_with_img2dataset_files_stop_the_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{tsv}:1:" in err and "http://img.example/1.jpg" in err and "http://img.example/0.jpg" in err
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_paths_that_leave_the_data_folder_are_rejects(tmp_path):
+    """`page_dir`, `videoid` or a CSV path could name any file on the machine; unless asked to, the converter only
+    reads below the data folder."""
+    video(tmp_path / "raw/videos/p/1.mp4")
+    video(tmp_path / "2.mp4")  # outside raw/videos
+    video(tmp_path / "elsewhere/3.mp4")
+    csv = tmp_path / "raw/results.csv"
+    csv.write_text("videoid,page_dir,name\n1,p,A white square moves across a gradient\n"
+                   "2,../..,A white square climbs out of the folder\n"
+                   f"3,{tmp_path / 'elsewhere'},A white square at an absolute path\n")
+    out = tmp_path / "out"
+    assert main(["webvid", str(csv), "-o", str(out), *FAST]) == 0
+    assert list(samples_of(out)) == ["webvid-1"]
+    assert rejects_of(out) == {"webvid-2": "path outside the data folder", "webvid-3": "path outside the data folder"}
+    assert main(["webvid", str(csv), "-o", str(tmp_path / "allowed"), "--allow-outside-paths", *FAST]) == 0
+    assert sorted(samples_of(tmp_path / "allowed")) == ["webvid-1", "webvid-2", "webvid-3"]
+
+    encode_image(tmp_path / "secret.png", 200, 200)
+    (tmp_path / "raw/mine.csv").write_text(f"path,caption\n../secret.png,A bright square on a gradient\n"
+                                           f"{tmp_path / 'secret.png'},A bright square on a gradient\n")
+    assert main(["csv", str(tmp_path / "raw/mine.csv"), "-o", str(tmp_path / "csv"), *FAST]) == 0
+    assert set(rejects_of(tmp_path / "csv").values()) == {"path outside the data folder"}
