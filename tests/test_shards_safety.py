@@ -103,6 +103,33 @@ def test_rows_out_of_step_with_img2dataset_files_stop_the_run(tmp_path, capsys):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_a_name_that_is_not_utf8_is_one_counted_reject(tmp_path):
+    """An id / file name in Latin-1 (common in old downloads) cannot go into a sample's JSON: that row is a
+    reject, the rest converts, and the records stay valid UTF-8. A folder name that is not UTF-8 is fine."""
+    videos = Path(os.fsdecode(bytes(tmp_path) + b"/vid\xe9os"))  # the data folder's own name is not UTF-8
+    video(videos / "p/ok.mp4")
+    video(os.fsencode(videos / "p") + b"/caf\xe9.mp4")
+    csv = tmp_path / "results.csv"
+    csv.write_bytes(b"videoid,page_dir,name\n"
+                    b"ok,p,A white square moves across a gradient\n"
+                    b"caf\xe9,p,A white square slides across a gradient\n"
+                    b"gon\xe9,p,A missing clip of a dog\n")
+    out = tmp_path / "out"
+    assert main(["webvid", str(csv), "--videos", str(videos), "-o", str(out), *FAST]) == 0
+    assert list(samples_of(out)) == ["webvid-ok"]
+    assert rejects_of(out) == {"webvid-caf_": "id not UTF-8", "webvid-gon_": "id not UTF-8"}
+    ids = [json.loads(line)["id"] for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert ids == ["caf\\xe9", "gon\\xe9"]
+    assert not list(out.rglob("*.part"))
+    assert read_manifest(out).raw["reject_reasons"] == {"id not UTF-8": 2}
+
+    mine = tmp_path / "mine.csv"  # the path is the id when there is no id column
+    Path(os.fsdecode(bytes(tmp_path) + b"/\xe9t\xe9.png")).write_bytes(encode_image(None, 200, 200, fmt="PNG"))
+    mine.write_bytes(b"path,caption\n\xe9t\xe9.png,A bright square on a gradient\n")
+    assert main(["csv", str(mine), "-o", str(tmp_path / "csv"), *FAST]) == 0
+    assert rejects_of(tmp_path / "csv") == {"csv-000000000": "id not UTF-8"}
+
+
 def test_paths_that_leave_the_data_folder_are_rejects(tmp_path):
     """`page_dir`, `videoid` or a CSV path could name any file on the machine; unless asked to, the converter only
     reads below the data folder."""
@@ -125,3 +152,48 @@ def test_paths_that_leave_the_data_folder_are_rejects(tmp_path):
                                            f"{tmp_path / 'secret.png'},A bright square on a gradient\n")
     assert main(["csv", str(tmp_path / "raw/mine.csv"), "-o", str(tmp_path / "csv"), *FAST]) == 0
     assert set(rejects_of(tmp_path / "csv").values()) == {"path outside the data folder"}
+
+
+def test_nul_bytes_in_a_caption_are_not_stored(tmp_path):
+    csv = write_webvid(tmp_path / "raw", [("1", "A white square moves across a gradient", "h264"),
+                                          ("2", b"A white square\x00 moves to the left", "h264")])
+    assert main(["webvid", str(csv), "-o", str(tmp_path / "out"), *FAST]) == 0
+    assert list(samples_of(tmp_path / "out")) == ["webvid-1"]
+    assert rejects_of(tmp_path / "out") == {"webvid-2": "caption has a NUL byte"}
+
+
+def test_someone_elses_shards_are_not_overwritten(tmp_path, capsys):
+    csv = write_webvid(tmp_path / "raw", [("1", "A white square moves across a gradient", "h264")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "webvid-00000.tar").write_bytes(b"their shard")
+    assert main(["webvid", str(csv), "-o", str(out), *FAST]) == 2
+    assert "webvid-00000.tar" in capsys.readouterr().err
+    assert (out / "webvid-00000.tar").read_bytes() == b"their shard"
+
+
+def test_workers_end_when_the_converter_is_killed(tmp_path):
+    """kill -9 runs no clean-up in the converter: its pool workers and multiprocessing's resource tracker must still
+    go (read from the OS's process table)."""
+    rows = [(str(i), f"A white square number {i} slides over a gradient", "h264") for i in range(24)]
+    csv = write_webvid(tmp_path / "raw", rows)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "shards.cli", "webvid", str(csv), "-o", str(tmp_path / "out"),
+                             "--workers", "2", "--quiet", "--min-frames", "4"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(children) < 3:  # two workers and the resource tracker
+            assert proc.poll() is None and time.monotonic() < deadline, "the converter ended before it was killed"
+            time.sleep(0.1)
+            children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _, alive = psutil.wait_procs(children, timeout=90)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
+    finally:
+        for child in children:
+            if child.is_running():
+                child.kill()
