@@ -1,35 +1,34 @@
 """What a resume reads and where a run writes, on the real DeepSpeed engine: no pickled code runs from a checkpoint,
 a run's folder stays bound to its run, `--resume PATH` reads only PATH.
 
-One real run (3 steps, checkpoints at steps 2 and 3) serves the module; each test works on a hard-linked copy of
-it, so replacing a file in the copy leaves the original alone.
+One real run (conftest's `trained_run`: 3 steps, checkpoints at steps 2 and 3) serves the module; each test works
+on a hard-linked copy of it, so replacing a file in the copy leaves the original alone.
 """
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
 from mcq_ds.engine import checkpoints
-from test_engine import finish, mcq_ds, train_args
+from test_engine import finish, losses, mcq_ds, train_args
 
-STEPS = ["--max-steps", "3", "--save-every", "2"]
-
-
-@pytest.fixture(scope="module")
-def trained_run(demo_shards, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("safety") / "run"
-    finish(mcq_ds(*train_args(demo_shards, out, *STEPS)))
-    return out
+STEPS = ["--max-steps", "3", "--save-every", "2"]  # the trained run's own
 
 
 def linked_copy(run: Path, to: Path) -> Path:
-    """A copy of the run folder whose files are hard links: cheap, and a file replaced in it is the copy's own."""
-    shutil.copytree(run, to, copy_function=os.link)
+    """A copy of the run folder whose weight files are hard links (cheap; a file replaced in the copy is the copy's
+    own) and whose small files are copies (code that rewrites one in place must not change the original)."""
+    def link_weights(src: str, dst: str) -> None:
+        os.link(src, dst) if src.endswith((".pt", ".safetensors")) else shutil.copy2(src, dst)
+
+    shutil.copytree(run, to, copy_function=link_weights)
     return to
 
 
@@ -79,7 +78,9 @@ def test_universal_conversion_refuses_planted_files(trained_run, demo_shards, tm
     subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag),
                     "--output_folder", str(out / "checkpoints/universal/step00000003")], check=True,
                    capture_output=True)  # DeepSpeed's own converter, on the genuine checkpoint
-    param = out / "checkpoints/universal/step00000003/zero/video_model.cls_token/fp32.pt"
+    converted = out / "checkpoints/universal/step00000003"
+    (converted / "source.json").write_text(json.dumps({"source": str(tag.resolve())}))  # as mcq-ds marks its own
+    param = converted / "zero/video_model.cls_token/fp32.pt"
     assert param.is_file()
     pwned = tmp_path / "pwned"
     plant(param, pwned)
@@ -108,3 +109,48 @@ def test_deepspeed_reads_are_weights_only(trained_run, tmp_path):
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
     assert not (tmp_path / "pwned").exists()
     checkpoints.check_pickles(tag)  # the real checkpoint passes the static check
+
+
+def test_a_run_folder_refuses_another_runs_settings(trained_run, demo_shards, tmp_path):
+    """Another --lr or --init on a folder that holds a run: refused with what differs, the folder untouched."""
+    out = linked_copy(trained_run, tmp_path / "run")
+    before = (out / "config.json").read_bytes()
+    done = run_train(demo_shards, out, "--lr", "5e-5")
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "lr: 0.0001 -> 5e-05" in done.stderr and "--resume latest" in done.stderr
+    done = run_train(demo_shards, out, "--resume", "latest", "--init", str(trained_run / "model"))
+    assert done.returncode == 2 and "init: None -> " in done.stderr and "init cannot change" in done.stderr
+    done = run_train(demo_shards, out, "--resume", "none")
+    assert done.returncode == 2 and "--resume none would start another run" in done.stderr
+    assert (out / "config.json").read_bytes() == before
+    assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == ["step00000002", "step00000003"]
+
+
+def test_resume_on_purpose_continues_with_the_new_values(trained_run, demo_shards, tmp_path):
+    """`--resume latest` given on purpose: the new lr and length take effect, and config.json says so."""
+    out = linked_copy(trained_run, tmp_path / "run")
+    done = run_train(demo_shards, out, "--resume", "latest", "--lr", "5e-5", "--max-steps", "4")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "changed settings: lr: 0.0001 -> 5e-05; max_steps: 3 -> 4" in done.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert (config["lr"], config["max_steps"]) == (5e-5, 4)
+    lrs = [json.loads(line)["metrics"]["lr"] for line in (out / "tracking.jsonl").read_text().splitlines()
+           if json.loads(line)["event"] == "metrics"]
+    assert lrs[-1] == pytest.approx(5e-5) and lrs[0] == pytest.approx(1e-4)  # the demo stage has no lr milestones
+    assert json.loads((out / "checkpoints/step00000004/complete.json").read_text())["config"]["lr"] == 5e-5
+
+
+def test_resume_from_another_folders_checkpoint(trained_run, demo_shards, tmp_path):
+    """`--resume PATH` outside OUT/checkpoints reads PATH, also when OUT holds a tag of the same name: the resumed
+    step 3 sees exactly the weights and data position of the trained run's step 2."""
+    other = tmp_path / "other"  # a second real run, other lr: its own step00000002 holds other weights
+    finish(mcq_ds(*train_args(demo_shards, other, "--max-steps", "2", "--save-every", "2", "--lr", "3e-4")))
+    done = run_train(demo_shards, other, "--resume", str(trained_run / "checkpoints/step00000002"), "--lr", "3e-4")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert losses(other)[3] == pytest.approx(losses(trained_run)[3], rel=1e-6, abs=1e-6)
+    assert losses(other)[2] != pytest.approx(losses(trained_run)[2], rel=1e-6, abs=1e-6)
+    assert (other / "checkpoints/step00000003/complete.json").is_file()
+    assert (other / "model/model.safetensors").is_file()
+    tags = [json.loads(line)["tags"] for line in (other / "tracking.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == "tags"]
+    assert {"resumed_from": str((trained_run / "checkpoints/step00000002").resolve())} in tags

@@ -61,6 +61,22 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(found, key=_step_of)
 
 
+def newer_checkpoints(ckpt_dir: Path, folder: Path) -> list[Path]:
+    """Complete checkpoints in `ckpt_dir` of a later step than `folder`: a run continued from `folder` would leave
+    them for `--resume latest` to pick after its next crash."""
+    return [p for p in complete_checkpoints(ckpt_dir) if _step_of(p) > (_step_of(folder) or 0)]
+
+
+def saved_config(folder: Path) -> dict[str, Any] | None:
+    """The training config a checkpoint was made with (recorded in its `complete.json`; for checkpoints of older
+    versions, the run's `config.json`), or None when neither records it."""
+    recorded = json.loads((folder / COMPLETE).read_text()).get("config")
+    run_config = folder.parent.parent / "config.json"
+    if recorded is None and run_config.is_file():
+        recorded = json.loads(run_config.read_text())
+    return recorded
+
+
 def resolve_resume(ckpt_dir: Path, resume: str | None) -> Path | None:
     """`latest` → the newest complete checkpoint (None on a fresh start); a path → that checkpoint, which must be
     complete."""
@@ -130,7 +146,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -143,16 +159,19 @@ def save(engine, ckpt_dir: Path, step: int, common: dict[str, Any], per_rank: di
                                                 UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
     tag = tag_for(step)
+    folder = ckpt_dir / tag
+    rank = dist.get_rank()
+    if rank == 0:  # a leftover of a crashed save (or of another run) must not lend its files to this checkpoint
+        shutil.rmtree(folder, ignore_errors=True)
+    dist.barrier()
     # what DeepSpeed's universal-checkpoint conversion needs to re-shard this checkpoint for another world size
     common = {**common, UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=common)
-    folder = ckpt_dir / tag
-    rank = dist.get_rank()
-    _atomic_write(folder / f"rank{rank}.pt", lambda p: torch.save(per_rank, p))
+    atomic_write(folder / f"rank{rank}.pt", lambda p: torch.save(per_rank, p))
     dist.barrier()
     if rank == 0:
-        marker = {"step": step, "world_size": dist.get_world_size()}
-        _atomic_write(folder / COMPLETE, lambda p: p.write_text(json.dumps(marker)))
+        marker = {"step": step, "world_size": dist.get_world_size(), "config": common.get("config")}
+        atomic_write(folder / COMPLETE, lambda p: p.write_text(json.dumps(marker)))
         _prune(ckpt_dir, keep_last)
     dist.barrier()
     return folder
@@ -170,21 +189,31 @@ def _prune(ckpt_dir: Path, keep_last: int) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def universal(folder: Path) -> Path:
+def universal(folder: Path, root: Path) -> Path:
     """The checkpoint in DeepSpeed's universal format, for resuming on another number of ranks: converted once by
-    rank 0 into `<checkpoints>/universal/<tag>` (written beside and renamed, so a crash never leaves half of it), then
-    read by every rank with `checkpoint.load_universal`. Returns the folder to pass to `load_checkpoint`; its
-    pickles have been checked."""
-    root = folder.parent / "universal"
-    if dist.get_rank() == 0 and not (root / folder.name).is_dir():
+    rank 0 into `root/<tag>` (`root` is the resuming run's `checkpoints/universal`; written beside and renamed, so a
+    crash never leaves half of it; `source.json` names the checkpoint it came from, so a conversion of another
+    folder's same-named tag is redone), then read by every rank with `checkpoint.load_universal`. Returns the
+    folder to pass to `load_checkpoint`; its pickles have been checked."""
+    converted, source = root / folder.name, {"source": str(folder.resolve())}
+    if dist.get_rank() == 0 and not _is_conversion_of(converted, source):
         tmp = root / (folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         subprocess.run([sys.executable, "-m", __name__, "--input_folder", str(folder), "--output_folder", str(tmp)],
                        check=True, stdout=subprocess.DEVNULL)
-        os.replace(tmp, root / folder.name)
+        (tmp / "source.json").write_text(json.dumps(source))
+        shutil.rmtree(converted, ignore_errors=True)
+        os.replace(tmp, converted)
     dist.barrier()
-    check_pickles(root / folder.name)
+    check_pickles(converted)
     return root
+
+
+def _is_conversion_of(converted: Path, source: dict) -> bool:
+    try:
+        return json.loads((converted / "source.json").read_text()) == source
+    except (OSError, ValueError):
+        return False
 
 
 def saved_world_size(folder: Path) -> int:

@@ -1,7 +1,8 @@
 """The resolved configuration of one training stage: stage preset ← config file ← command line.
 
 The resolved config is written to `<out>/config.json` and into every checkpoint, so a run can always be explained
-and repeated from its own folder.
+and repeated from its own folder. It also binds the folder to its run: a later command whose config differs from
+the one the folder (or the checkpoint it resumes) was made with is refused, see `config_changes`.
 """
 from __future__ import annotations
 
@@ -84,6 +85,28 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Settings that change how a run is executed, stored or watched, never what it computes: they may differ on any
+# rerun (a new --workers count restarts the current epoch on the new data split, as a new world size does).
+RUNTIME_KEYS = frozenset({"out", "resume", "workers", "log_every", "save_every", "keep_last", "mlflow_uri",
+                          "experiment", "run_name", "compile", "grad_checkpointing"})
+# Settings a deliberate resume (`--resume` given) may change: the new values take effect from the resumed step.
+ADJUSTABLE_KEYS = frozenset({"data", "lr", "epochs", "milestones", "max_steps", "schedule", "warmup_steps",
+                             "temperature", "hflip", "question_type", "question_mode"})
+# Every other setting (stage, init, model, frames, batch sizes, ds_config, loader, seed) made the weights, the
+# optimizer state and the data position a checkpoint holds, and is fixed for the life of a run.
+
+
+def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """`{key: (saved value, new value)}` for the settings, other than runtime ones, in which `cfg` differs from the
+    config a run was made with (keys an older version did not record are not compared)."""
+    new = cfg.to_dict()
+    return {k: (saved[k], new[k]) for k in new if k in saved and k not in RUNTIME_KEYS and saved[k] != new[k]}
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (underscores become dashes); unset flags leave the lower layers alone."""
     parser.add_argument("--config", help="JSON file with any of the options below (command-line flags win)")
@@ -119,6 +142,12 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(**values)
     cfg.stage_defaults()
     return cfg
+
+
+def resume_on_purpose(args: argparse.Namespace) -> bool:
+    """Whether `--resume` was given on the command line, rather than taken from its default or a config file (a
+    run's own config.json, reused as --config, holds one)."""
+    return getattr(args, "resume", None) is not None
 
 
 def _source_pair(item: str) -> tuple[str, str]:
