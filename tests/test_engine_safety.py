@@ -154,3 +154,24 @@ def test_resume_from_another_folders_checkpoint(trained_run, demo_shards, tmp_pa
     tags = [json.loads(line)["tags"] for line in (other / "tracking.jsonl").read_text().splitlines()
             if json.loads(line)["event"] == "tags"]
     assert {"resumed_from": str((trained_run / "checkpoints/step00000002").resolve())} in tags
+
+
+def test_a_single_process_run_listens_on_loopback_only(demo_shards, tmp_path):
+    """A plain `mcq-ds train` is a group of one: no socket of it may listen beyond this machine (read from the OS's
+    socket table while it runs)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mcq_ds.cli", *train_args(
+            demo_shards, tmp_path / "run", "--max-steps", "2", "--save-every", "2")], env=env, stdout=log,
+            stderr=subprocess.STDOUT)
+    listening = set()
+    while proc.poll() is None:
+        try:
+            sockets = psutil.Process(proc.pid).net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            break
+        listening |= {(s.laddr.ip, s.laddr.port) for s in sockets if s.status == psutil.CONN_LISTEN}
+        time.sleep(0.2)
+    assert proc.wait() == 0, (tmp_path / "log").read_text()[-3000:]
+    assert listening, "the run never listened at all: the probe did not see it"
+    assert all(ip.startswith("127.") or ip == "::1" for ip, _ in listening), listening

@@ -30,16 +30,32 @@ log = logging.getLogger("mcq_ds.train")
 
 
 def init_distributed() -> None:
-    """Joins the launcher's process group; a plain `mcq-ds train` becomes a 1-rank group (gloo on CPU)."""
+    """Joins the launcher's process group. A plain `mcq-ds train` becomes a 1-rank group (gloo on CPU) that listens
+    on no network interface: torch's TCP store would listen on all of them whatever MASTER_ADDR says, so the group
+    keeps its store in memory, and gloo (and NCCL) are pointed at the loopback interface unless the user chose one."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    backend = get_accelerator().communication_backend_name()
     if "RANK" not in os.environ:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        # DeepSpeed looks for a launcher's variables and, missing them, for MPI
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+        loopback = _loopback_interface()
+        if loopback:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+            os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend=backend)
+
+
+def _loopback_interface() -> str | None:
+    import psutil
+
+    return next((name for name, addresses in psutil.net_if_addrs().items()
+                 if any(a.family == socket.AF_INET and a.address.startswith("127.") for a in addresses)), None)
 
 
 def build_model(cfg: TrainConfig):
