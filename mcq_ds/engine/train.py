@@ -208,13 +208,13 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout: reproducible, and different on every rank
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
 
-    step, run_id, saved_step = 0, None, None
+    step, run_id, run_key, saved_step = 0, None, None, None
     if resume_from is not None:
         with checkpoints.weights_only_loads():
             _, client = engine.load_checkpoint(str(load_dir), tag=resume_from.name)
         step = client["step"]
-        if not foreign:  # the same training run goes on: the same MLflow run
-            run_id, saved_step = client.get("mlflow_run_id"), step
+        if not foreign:  # the same training run goes on: the same MLflow run and record key
+            run_id, run_key, saved_step = client.get("mlflow_run_id"), client.get("run_key"), step
         if changes:
             _continue_with(engine, cfg.lr, factor)
         own = checkpoints.load_rank_state(resume_from, rank)
@@ -232,7 +232,8 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     iterators = {source: iter(loader) for source, loader in loaders.items()}
 
     out.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(cfg.mlflow_uri, cfg.experiment, cfg.run_name or cfg.stage, rank, out, run_id=run_id)
+    tracker = Tracker(cfg.mlflow_uri, cfg.experiment, cfg.run_name or cfg.stage, rank, out, run_id=run_id,
+                      run_key=run_key)
     if rank == 0:
         if run_id is None:
             tracker.log_params({"train": cfg.to_dict(), "deepspeed": ds, "world_size": world})
@@ -323,7 +324,8 @@ def _continue_with(engine, lr: float, factor) -> None:
 
 
 def _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters) -> None:
-    common = {"step": step, "stage": cfg.stage, "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id}
+    common = {"step": step, "stage": cfg.stage, "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id,
+              "run_key": tracker.run_key}
     per_rank = {"loaders": {s: loader.state_dict() for s, loader in loaders.items()},
                 "rng": checkpoints.rng_state(), "counters": dict(counters)}
     checkpoints.save(engine, ckpt_dir, step, common, per_rank, cfg.keep_last)
