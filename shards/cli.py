@@ -9,6 +9,7 @@ from pathlib import Path
 
 from shards import __version__, synth
 from shards.convert import ConvertError, Options, convert
+from shards.errors import describe_os_error
 from shards.phrases import DEFAULT_MODEL
 from shards.tables import InputError
 
@@ -150,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         manifest = convert(_rows(args), args.out, source, options, args.workers, args.prefix, not args.quiet)
     except (InputError, ConvertError, ValueError) as err:
         print(f"mcq-shards {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a read-only or foreign output folder
+        print(f"mcq-shards {args.command}: error: {describe_os_error(err, args.out)}; rerun the same command to "
+              "resume afterwards", file=sys.stderr)
         return 2
     reasons = ", ".join(f"{n} {r}" for r, n in manifest["reject_reasons"].items())
     print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards, {manifest['rejects']} rejected"

@@ -17,6 +17,7 @@ import pytest
 from shards.cli import main
 from shards.manifest import read_manifest
 from shards.sources import cc3m
+from fs_fixtures import needs_mounts, run_on_tmpfs
 from shards_fixtures import encode_image, encode_video, write_webvid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,3 +198,32 @@ def test_workers_end_when_the_converter_is_killed(tmp_path):
         for child in children:
             if child.is_running():
                 child.kill()
+
+
+@needs_mounts
+@pytest.mark.parametrize("options, says", [("ro", "read-only"), ("size=48k", "the disk is full")])
+def test_a_full_or_read_only_output_is_one_clear_error(tmp_path, options, says):
+    rows = [(str(i), f"A white square number {i} slides over a gradient", "h264") for i in range(6)]
+    csv = write_webvid(tmp_path / "raw", rows)
+    done = run_on_tmpfs(tmp_path / "mnt", options,
+                        ["shards.cli", "webvid", str(csv), "-o", str(tmp_path / "mnt/out"), *FAST])
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"{tmp_path}/mnt/out" in done.stderr and says in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("pickle_bytes", [
+    b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00i8\x85R(K\x03K\x05tb.",  # a dtype state that is not one (TypeError)
+    b"\x80\x02cnumpy.core.multiarray\nscalar\n)R.",  # a scalar without its arguments (TypeError)
+    b"\x80\x02K\x01}b.",  # state set on an int (AttributeError)
+    b"\x80\x02](K\x01K\x02u.",  # dict items set on a list (IndexError)
+    b"\x80\x02}",  # cut short
+], ids=["dtype-state", "scalar-args", "build-int", "setitems-list", "truncated"])
+def test_a_malformed_caption_index_is_named(tmp_path, capsys, pickle_bytes):
+    root = tmp_path / "MSRVTT"
+    (root / "MSR_VTT.json").parent.mkdir(parents=True)
+    (root / "MSR_VTT.json").write_text(json.dumps({"annotations": [{"image_id": "video7", "caption": "a song"}]}))
+    (root / "val_list_jsfusion.txt").write_text("video7\n")
+    (root / "jsfusion_val_caption_idx.pkl").write_bytes(pickle_bytes)
+    assert main(["msrvtt", str(root), "-o", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'jsfusion_val_caption_idx.pkl'}: cannot read caption index" in err and "CSV" in err

@@ -166,8 +166,14 @@ def save(engine, ckpt_dir: Path, step: int, common: dict[str, Any], per_rank: di
     dist.barrier()
     # what DeepSpeed's universal-checkpoint conversion needs to re-shard this checkpoint for another world size
     common = {**common, UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=common)
-    atomic_write(folder / f"rank{rank}.pt", lambda p: torch.save(per_rank, p))
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=common)
+        atomic_write(folder / f"rank{rank}.pt", lambda p: torch.save(per_rank, p))
+    except RuntimeError as err:  # torch.save says only "file write failed": find out why
+        cause = _write_error(folder)
+        if cause is None:
+            raise
+        raise cause from err
     dist.barrier()
     if rank == 0:
         marker = {"step": step, "world_size": dist.get_world_size(), "config": common.get("config")}
@@ -175,6 +181,22 @@ def save(engine, ckpt_dir: Path, step: int, common: dict[str, Any], per_rank: di
         _prune(ckpt_dir, keep_last)
     dist.barrier()
     return folder
+
+
+def _write_error(folder: Path) -> OSError | None:
+    """The error a write into `folder` gives now (a full disk, a read-only mount), or None when a MiB goes in."""
+    probe = folder / ".write-probe"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return OSError(err.errno, f"{err.strerror} (writing checkpoint {folder.name}; once it can be written, the "
+                                  "same command resumes from the last complete checkpoint)", str(folder))
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
 
 
 def _prune(ckpt_dir: Path, keep_last: int) -> None:

@@ -78,12 +78,9 @@ def load_model(path: str | Path, bridge: bool = False, frames: int | None = None
 def _original(path: Path, bridge: bool, frames: int | None, tokenizer: str | None):
     try:
         model = from_original(path, num_frames=frames or 4, bridge=bridge, tokenizer=tokenizer)
-    except KeyError as err:  # a tensor every MCQ checkpoint has is missing
-        raise ValueError(f"{path}: not an original MCQ checkpoint (no {err}); for CLIP weights such as MCQ_CLIP.pth "
-                         "make a model folder first with `mcq-ds convert-clip`") from None
     except ValueError as err:
         if bridge and "no BridgeFormer" in str(err):
-            raise ValueError(f"{path}: {err}. Attention maps need the BridgeFormer: use a pre-training checkpoint "
+            raise ValueError(f"{err}. Attention maps need the BridgeFormer: use a pre-training checkpoint "
                              "(MCQ.pth holds it) or a model folder exported by `mcq-ds train`") from None
         raise
     return model, load_tokenizer(model.cfg.text)

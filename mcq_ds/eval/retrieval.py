@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch.distributed as dist
@@ -70,8 +71,9 @@ def default_out(model_path: Path, name: str) -> Path:
     return folder / f"{name}.json"
 
 
-def evaluate(args: argparse.Namespace) -> dict | None:
-    """Runs on every rank; rank 0 returns the results (also written as JSON), the others None."""
+def evaluate(args: argparse.Namespace, report: Callable[[dict], None] | None = None) -> dict | None:
+    """Runs on every rank; rank 0 returns the results (also written as JSON), the others None. `report` is shown
+    the results before anything is written, so an output folder that cannot be written costs no results."""
     device = pick_device(args.device)
     rank, world = init_distributed(device)
     start = time.perf_counter()
@@ -107,11 +109,11 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         dist.gather_object(mine, gathered, dst=0)
     if rank != 0:
         return None
-    return _score(args, loaded, spec, about, gathered, len(samples), world, time.perf_counter() - start)
+    return _score(args, loaded, spec, about, gathered, len(samples), world, time.perf_counter() - start, report)
 
 
 def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], count: int, world: int,
-           seconds: float) -> dict:
+           seconds: float, report: Callable[[dict], None] | None) -> dict:
     positions = np.array([p for g in gathered for p in g["positions"]])
     if sorted(positions.tolist()) != list(range(count)):
         raise RuntimeError(f"internal error: the ranks embedded {len(positions)} samples for a set of {count}")
@@ -145,6 +147,8 @@ def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], coun
     }
     results = {"metrics": metrics, "protocol": protocol, "checkpoint": loaded.describe(), "data": about,
                "world_size": world, "seconds": round(seconds, 2)}
+    if report is not None:
+        report(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
@@ -172,13 +176,16 @@ def _track(args, results: dict, out: Path, step: int | None) -> None:
         tracker.log_artifact(out)
 
 
+def _print_results(results: dict) -> None:
+    p = results["protocol"]
+    print(f"{p['set']}: {p['videos']} videos, {p['queries']} queries ({p['captions_per_video']}), "
+          f"{p['frames']} frames ({p['frame_sampling']}), {p['scoring']}")
+    print(format_metrics(results["metrics"]), flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    results = evaluate(args)
+    results = evaluate(args, report=_print_results)
     if results is not None:
-        p = results["protocol"]
-        print(f"{p['set']}: {p['videos']} videos, {p['queries']} queries ({p['captions_per_video']}), "
-              f"{p['frames']} frames ({p['frame_sampling']}), {p['scoring']}")
-        print(format_metrics(results["metrics"]))
         print(f"wrote {results['out']}")
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -91,12 +91,14 @@ def read_caption_index(path: Path) -> dict[str, int]:
             except ValueError:
                 raise InputError(path, line, 2, f"caption_index {r['caption_index']!r} is not an integer") from None
         return table
+    hint = (f"give the {CAPTION_INDEX} of Frozen-in-Time's MSRVTT.zip, or the same table as a CSV "
+            "(video_id,caption_index) with --caption-index")
     try:
         value = DataOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise InputError(path, None, None, f"cannot read caption index: {err}") from None
+    except Exception as err:  # it builds plain data only, so any error means a malformed or foreign pickle
+        raise InputError(path, None, None, f"cannot read caption index ({type(err).__name__}: {err}); {hint}") from None
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in value.items()):
-        raise InputError(path, None, None, "caption index must map video ids (str) to caption indices (int)")
+        raise InputError(path, None, None, f"caption index must map video ids (str) to caption indices (int); {hint}")
     return value
 
 
