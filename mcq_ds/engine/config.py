@@ -55,8 +55,10 @@ class TrainConfig:
     save_every: int = _opt(1000, "checkpoint every N optimizer steps (and at the end)")
     keep_last: int = _opt(3, "complete checkpoints to keep")
     log_every: int = _opt(10, "log metrics every N optimizer steps")
-    resume: str | None = _opt("latest", "latest (the newest complete checkpoint, if any), a checkpoint folder, "
-                              "or none for a fresh start")
+    resume: str | None = _opt("latest", "latest (the newest complete checkpoint, if any), a checkpoint folder (also "
+                              "another run's), or none for a fresh start. A rerun with other settings than the "
+                              "checkpoint's is refused; given on the command line, --resume continues with new "
+                              "data, lr, schedule, length, temperature, flip or question settings")
     mlflow_uri: str | None = _opt(None, "MLflow tracking server (default: a local sqlite store in OUT; none: off)")
     experiment: str = _opt("mcq-ds", "MLflow experiment name")
     run_name: str | None = _opt(None, "MLflow run name (default: the stage)")
