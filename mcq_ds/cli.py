@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"mcq-ds {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only or foreign output folder
+        from mcq_shards.errors import describe_os_error
+
+        print(f"mcq-ds {args.command}: error: {describe_os_error(err, getattr(args, 'out', None))}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

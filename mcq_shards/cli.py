@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mcq_shards import __version__, synth
 from mcq_shards.convert import ConvertError, Options, convert
+from mcq_shards.errors import describe_os_error
 from mcq_shards.phrases import DEFAULT_MODEL
 from mcq_shards.tables import InputError
 
@@ -30,6 +31,12 @@ def _conversion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=32, help="most frames kept per video (default %(default)s)")
     parser.add_argument("--spacy-model", default=DEFAULT_MODEL, help="spaCy pipeline for phrases (default %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _outside_paths_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-outside-paths", action="store_true",
+                        help="read media paths from the table that are absolute or climb out of the data folder "
+                             "with '..' (default: such rows are rejected, so a table cannot pull in other files)")
 
 
 def _patterns(values: list[str]) -> list[Path]:
@@ -59,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Convert WebVid from its CSV (videoid, contentUrl, duration, page_dir, name).")
     p.add_argument("csv", type=Path, help="e.g. results_2M_train.csv")
     p.add_argument("--videos", type=Path, help="folder holding <page_dir>/<videoid>.mp4 (default: CSV folder/videos)")
+    _outside_paths_option(p)
     _conversion_options(p)
 
     p = commands.add_parser("msrvtt", help="MSR-VTT 1k-A test pairs or 9k training videos",
@@ -71,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-index", type=Path,
                    help="jsfusion_val_caption_idx.pkl, or a CSV with video_id,caption_index (default: found under ROOT)")
     p.add_argument("--videos", type=Path, help="folder of <video_id>.mp4 (default ROOT/videos/all)")
+    _outside_paths_option(p)
     _conversion_options(p)
 
     p = commands.add_parser("wds", help="WebDataset shards from img2dataset / video2dataset",
@@ -88,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-column", default="caption", help="default %(default)s")
     p.add_argument("--id-column", help="column with a unique id for keys (default: the row number)")
     p.add_argument("--delimiter", default=",", help="default %(default)r")
+    _outside_paths_option(p)
     _conversion_options(p)
 
     p = commands.add_parser("verify", help="check a shard directory's manifest, tars, index files and rejects",
@@ -111,13 +121,14 @@ def _rows(args: argparse.Namespace):
             raise InputError("cc3m", None, None, "give the TSV and --images, or --wds shards")
         return cc3m.read(args.tsv, args.images, args.naming)
     if args.command == "webvid":
-        return webvid.read(args.csv, args.videos or args.csv.parent / "videos")
+        return webvid.read(args.csv, args.videos or args.csv.parent / "videos", args.allow_outside_paths)
     if args.command == "msrvtt":
-        return msrvtt.read(args.root, args.split, args.annotations, args.split_list, args.caption_index, args.videos)
+        return msrvtt.read(args.root, args.split, args.annotations, args.split_list, args.caption_index, args.videos,
+                           args.allow_outside_paths)
     if args.command == "wds":
         return wds.read(_patterns(args.shards), "wds")
     return usercsv.read(args.csv, args.root or args.csv.parent, args.path_column, args.caption_column,
-                        args.id_column, args.delimiter)
+                        args.id_column, args.delimiter, args.allow_outside_paths)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         manifest = convert(_rows(args), args.out, source, options, args.workers, args.prefix, not args.quiet)
     except (InputError, ConvertError, ValueError) as err:
         print(f"mcq-shards {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a read-only or foreign output folder
+        print(f"mcq-shards {args.command}: error: {describe_os_error(err, args.out)}; rerun the same command to "
+              "resume afterwards", file=sys.stderr)
         return 2
     reasons = ", ".join(f"{n} {r}" for r, n in manifest["reject_reasons"].items())
     print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards, {manifest['rejects']} rejected"

@@ -33,3 +33,14 @@ def demo_shards(tmp_path_factory):
                 "-o", str(out["cc3m"]), "--workers", "1", "--quiet")
     _mcq_shards("msrvtt", str(root / "raw/msrvtt"), "-o", str(out["msrvtt"]), "--workers", "1", "--quiet")
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_shards, tmp_path_factory):
+    """A real 3-step run of `mcq-ds train` (tiny model, checkpoints at steps 2 and 3, no MLflow). Tests that change
+    it work on a copy (test_engine_safety.linked_copy)."""
+    from test_engine import finish, mcq_ds, train_args
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    finish(mcq_ds(*train_args(demo_shards, out, "--max-steps", "3", "--save-every", "2")))
+    return out

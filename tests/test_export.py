@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mcq_ds.cli import main
-from mcq_ds.config import preset
+from mcq_ds.model.presets import preset
 from mcq_ds.eval.data import ClipSpec, video_file_clip
 from mcq_ds.model import MCQ, load_tokenizer, save_pretrained
 from shards_fixtures import encode_video

@@ -19,6 +19,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch.distributed as dist
@@ -79,8 +80,9 @@ def default_out(model_path: Path, name: str) -> Path:
     return folder / f"{name}.json"
 
 
-def evaluate(args: argparse.Namespace) -> dict | None:
-    """Runs on every rank; rank 0 returns the results (also written as JSON), the others None."""
+def evaluate(args: argparse.Namespace, report: Callable[[dict], None] | None = None) -> dict | None:
+    """Runs on every rank; rank 0 returns the results (also written as JSON), the others None. `report` is shown
+    the results before anything is written, so an output folder that cannot be written costs no results."""
     device = pick_device(args.device)
     rank, world = init_distributed(device)
     start = time.perf_counter()
@@ -127,7 +129,8 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         dist.gather_object(mine, gathered, dst=0)
     if rank != 0:
         return None
-    return _score(args, loaded, spec, about, gathered, skipped, len(samples), world, time.perf_counter() - start)
+    return _score(args, loaded, spec, about, gathered, skipped, len(samples), world, time.perf_counter() - start,
+                  report)
 
 
 def _agree_on_skips(skipped: list[Skip], world: int) -> list[Skip]:
@@ -141,7 +144,7 @@ def _agree_on_skips(skipped: list[Skip], world: int) -> list[Skip]:
 
 
 def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], skipped: list[Skip], count: int,
-           world: int, seconds: float) -> dict:
+           world: int, seconds: float, report: Callable[[dict], None] | None) -> dict:
     positions = np.array([p for g in gathered for p in g["positions"]])
     if len(positions) + len(skipped) != count or len(set(positions.tolist())) != len(positions):
         raise RuntimeError(f"internal error: the ranks embedded {len(positions)} samples and skipped {len(skipped)} "
@@ -180,6 +183,8 @@ def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], skip
                "skipped": {"count": len(skipped), "by_reason": tally(skipped),
                            "samples": [s.to_dict() for s in skipped]},
                "world_size": world, "seconds": round(seconds, 2)}
+    if report is not None:
+        report(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     if args.save_embeddings:
@@ -205,17 +210,20 @@ def _track(args, results: dict, out: Path, step: int | None) -> None:
         tracker.log_artifact(out)
 
 
+def _print_results(results: dict) -> None:
+    p = results["protocol"]
+    print(f"{p['set']}: {p['videos']} videos, {p['queries']} queries ({p['captions_per_video']}), "
+          f"{p['frames']} frames ({p['frame_sampling']}), {p['scoring']}")
+    print(format_metrics(results["metrics"]), flush=True)
+    if results["skipped"]["count"]:
+        print(f"left out {results['skipped']['count']} samples that cannot be read "
+              f"({', '.join(f'{n} {r}' for r, n in results['skipped']['by_reason'].items())}; listed in the "
+              "results JSON)")
+
+
 def run(args: argparse.Namespace) -> int:
-    results = evaluate(args)
+    results = evaluate(args, report=_print_results)
     if results is not None:
-        p = results["protocol"]
-        print(f"{p['set']}: {p['videos']} videos, {p['queries']} queries ({p['captions_per_video']}), "
-              f"{p['frames']} frames ({p['frame_sampling']}), {p['scoring']}")
-        print(format_metrics(results["metrics"]))
-        if results["skipped"]["count"]:
-            print(f"left out {results['skipped']['count']} samples that cannot be read "
-                  f"({', '.join(f'{n} {r}' for r, n in results['skipped']['by_reason'].items())}; listed in the "
-                  "results JSON)")
         print(f"wrote {results['out']}")
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -8,6 +8,7 @@ a caption) still becomes a :class:`Row` with ``reject`` set, so that it lands in
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -44,3 +45,14 @@ def make_key(source: str, raw_id: str) -> str:
     converter rejects any two rows that end up with the same key.
     """
     return f"{source}-{_NOT_KEY.sub('_', raw_id)}"
+
+
+def escapes(relative: str) -> str | None:
+    """Why a path taken from a table may not be read below its data folder, or None when it may: an absolute path,
+    or one whose `..` parts climb out of the folder (the check is on the text; links inside the folder are followed,
+    as data sets are often folders of links). A table from elsewhere could otherwise pull any file into the shards."""
+    normal = os.path.normpath(relative)
+    if os.path.isabs(relative) or normal == ".." or normal.startswith(".." + os.sep):
+        return (f"path outside the data folder: {relative!r} is absolute or climbs out with '..' "
+                "(--allow-outside-paths reads it)")
+    return None
