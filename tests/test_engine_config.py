@@ -36,8 +36,7 @@ def test_stage_recipe_fills_schedule_and_text_lr_unless_given():
 
 
 def test_text_lr_puts_the_text_tower_in_its_own_optimizer_group():
-    from mcq_ds.config import preset
-    from mcq_ds.model import create_model
+    from mcq_ds.model import create_model, preset
 
     model = create_model(preset("tiny"))
     one = param_groups(model, parse("--stage", "4f-noun", "--data", "webvid=/s"))
@@ -51,8 +50,7 @@ def test_text_lr_puts_the_text_tower_in_its_own_optimizer_group():
 
 @pytest.mark.parametrize("family", ["tiny", "clip-tiny"])
 def test_frozen_text_layers_leave_the_optimizer(family):
-    from mcq_ds.config import preset
-    from mcq_ds.model import create_model
+    from mcq_ds.model import create_model, preset
 
     model = create_model(preset(family))
     model.text_model.freeze_lower(1)

@@ -8,10 +8,9 @@ L(text, video) must not reach the bridge.
 import pytest
 import torch
 
-from mcq_ds.config import preset
 from mcq_ds.data.loader import LoaderConfig, ShardLoader
 from mcq_ds.loss import info_nce
-from mcq_ds.model import create_model, create_tokenizer
+from mcq_ds.model import create_model, create_tokenizer, preset
 
 
 @pytest.fixture(scope="module")

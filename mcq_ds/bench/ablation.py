@@ -71,7 +71,8 @@ def _evaluate(args: argparse.Namespace, model: Path, arm: str, seed: int) -> dic
         retrieval.add_arguments(parser)
         retrieval.evaluate(parser.parse_args([str(model), str(args.shards / "msrvtt-test"), "--workers", "0",
                                               "--quiet", "--out", str(out), "--mlflow-uri", args.mlflow_uri,
-                                              "--experiment", args.experiment]))
+                                              "--experiment", args.experiment, "--run-name",
+                                              f"{arm} seed{seed} eval"]))
     return json.loads(out.read_text())
 
 
