@@ -17,10 +17,10 @@ from .stages import STAGES
 DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
 
 
-def _opt(default: Any, help: str) -> Any:
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     if isinstance(default, dict):
         return field(default_factory=dict, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
@@ -43,6 +43,12 @@ class TrainConfig:
     warmup_steps: int = _opt(0, "linear warm-up steps for --schedule cosine")
     max_steps: int | None = _opt(None, "stop after this many optimizer steps (default: epochs × steps per epoch)")
     temperature: float | None = _opt(None, "contrastive temperature τ (default: the stage's, 0.05; CLIP stages 0.01)")
+    adam_eps: float | None = _opt(None, "AdamW ε for the exact global-batch gradient (default: 1e-6 × the GPUs of the "
+                                  "original stage, 32 or 40, so updates are the paper's at any world size; demo stages "
+                                  "1e-6). The original's update on W GPUs is --adam-eps 1e-6×W")
+    adam_eps_style: str = _opt("transformers", "transformers: ε added before Adam's bias correction, as the "
+                               "original's transformers.AdamW | torch: ε added after it (torch/DeepSpeed AdamW as is)",
+                               ("transformers", "torch"))
     ds_config: str | None = _opt(None, "DeepSpeed JSON (a path or a name in ds_configs/; default: "
                                  "cpu_fp32.json on CPU, zero1_bf16.json on GPU)")
     grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on with a GPU)")
@@ -68,9 +74,15 @@ class TrainConfig:
         for name, value in (("frames", stage.frames), ("question_type", stage.question_type),
                             ("global_batch", stage.global_batch), ("lr", stage.lr), ("epochs", stage.epochs),
                             ("milestones", list(stage.milestones)), ("model", stage.model),
-                            ("temperature", stage.temperature)):
+                            ("temperature", stage.temperature),
+                            ("adam_eps", 1e-6 * stage.paper_ranks)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}; "
+                                 f"got {getattr(self, f.name)!r}")
         missing = [s for s in stage.sources if s not in self.data]
         if missing:
             raise ValueError(f"stage {self.stage} trains on {list(stage.sources)}; give "
@@ -97,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=int, nargs="*", default=None, help=f.metadata["help"])
         else:
             kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None, help=f.metadata["help"])
+            parser.add_argument(flag, type=kind, default=None, choices=f.metadata.get("choices"),
+                                help=f.metadata["help"])
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:

@@ -22,7 +22,7 @@ from ..loss import MCQLoss
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
 from . import checkpoints
 from .config import DS_CONFIGS, TrainConfig, resolve
-from .schedule import step_decay, warmup_cosine
+from .schedule import adam_eps, step_decay, warmup_cosine
 from .tracking import Tracker
 
 log = logging.getLogger("mcq_ds.train")
@@ -76,8 +76,23 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
               train_batch_size=cfg.global_batch)
     if "optimizer" in ds:
-        ds["optimizer"].setdefault("params", {})["lr"] = cfg.lr
+        ds["optimizer"].setdefault("params", {}).update(lr=cfg.lr, eps=cfg.adam_eps)
     return ds
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, ds: dict) -> torch.optim.Optimizer | None:
+    """The original's AdamW (betas 0.9/0.999, no weight decay) when the DeepSpeed JSON names no optimizer of its own.
+    ε is the run's `adam_eps`; `set_adam_eps` adjusts it before every step."""
+    if "optimizer" in ds:
+        return None
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps, weight_decay=0.0)
+
+
+def set_adam_eps(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
+    """Sets ε for optimizer step `step` (1-based) on every param group (see `schedule.adam_eps`); returns it."""
+    for group in optimizer.param_groups:
+        group["eps"] = adam_eps(cfg.adam_eps, step, group["betas"][1], cfg.adam_eps_style)
+    return group["eps"]
 
 
 def steps_plan(cfg: TrainConfig, epoch_steps: dict[str, int]) -> tuple[int, list[int]]:
@@ -134,11 +149,8 @@ def train(cfg: TrainConfig) -> Path:
     accumulation = ds["gradient_accumulation_steps"]
     total_steps, milestones = steps_plan(cfg, {s: loaders[s].batches_per_epoch // accumulation for s in cfg.sources})
     factor = step_decay(milestones) if cfg.schedule == "step" else warmup_cosine(cfg.warmup_steps, total_steps)
-    optimizer = None
-    if "optimizer" not in ds:  # the original's AdamW (SPEC §4.1): eps 1e-6, no weight decay
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=ds,
+        model=model, optimizer=build_optimizer(cfg, model, ds), config=ds,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout: reproducible, and different on every rank
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
@@ -177,6 +189,7 @@ def train(cfg: TrainConfig) -> Path:
     counters = {"skipped": 0, "no_phrase": 0}
     while step < total_steps:
         source = cfg.sources[step % len(cfg.sources)]
+        window["eps"] = set_adam_eps(engine.optimizer, cfg, step + 1)
         for _ in range(accumulation):
             t0 = time.perf_counter()
             batch = next(iterators[source]).to(engine.device, dtype)
@@ -211,7 +224,7 @@ def _log_window(engine, tracker, step, totals, window, counters, accumulation) -
     micro_steps = window["steps"] * accumulation * world
     metrics = {
         "loss": stats[0].item() / micro_steps, "loss_vt": stats[1].item() / micro_steps,
-        "loss_mcq": stats[2].item() / micro_steps, "lr": engine.get_lr()[0],
+        "loss_mcq": stats[2].item() / micro_steps, "lr": engine.get_lr()[0], "adam_eps": window["eps"],
         "samples_per_second": stats[4].item() / elapsed,
         "samples_per_second_per_gpu": stats[4].item() / elapsed / world,
         "data_wait_share": stats[3].item() / world / elapsed, "skipped_samples": stats[5].item(),
