@@ -36,6 +36,9 @@ class TrainConfig:
     question_mode: str = _opt("span", "span (mask the chosen phrase) | parity (the original's masking, SPEC §2.3)")
     global_batch: int | None = _opt(None, "samples per optimizer step over all ranks (default: the stage's)")
     micro_batch: int | None = _opt(None, "samples per rank per forward (default: global batch / ranks)")
+    negatives: str = _opt("global", "global: with gradient accumulation too, every sample of the global batch is a "
+                          "negative for every other (embeddings cached, each micro-batch's forward run twice) | micro: "
+                          "negatives from one micro-batch of every rank (one forward)", ("global", "micro"))
     lr: float | None = _opt(None, "base learning rate (default: the stage's)")
     epochs: int | None = _opt(None, "epochs, each one pass over the smallest source (default: the stage's)")
     milestones: list[int] | None = _opt(None, "epochs after which lr ×= 0.1 (default: the stage's)")

@@ -2,7 +2,7 @@
 
 Run it directly on one machine (`mcq-ds train ...`) or under the DeepSpeed launcher across nodes
 (`deepspeed --hostfile hosts --module mcq_ds.cli train ...`, see launch/). The loop is the whole story on one screen:
-take a batch of the step's source, embed, MCQ loss, backward, step; log; checkpoint.
+take the step's micro-batches of its source, embed, MCQ loss, backward, step (`train_step`); log; checkpoint.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..loss import MCQLoss
+from ..data.batch import Batch
+from ..loss import MCQLoss, MCQLossOutput
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
 from . import checkpoints
 from .config import DS_CONFIGS, TrainConfig, resolve
@@ -107,6 +108,57 @@ def steps_plan(cfg: TrainConfig, epoch_steps: dict[str, int]) -> tuple[int, list
     return total, [m * steps_per_epoch for m in cfg.milestones]
 
 
+def train_step(engine, loss_fn: MCQLoss, batches: list[Batch], global_negatives: bool = True) -> MCQLossOutput:
+    """One optimizer step over this rank's micro-batches `batches`; returns the loss terms (this rank's share, no
+    graph: their mean over ranks is the step's loss).
+
+    One micro-batch (the paper's setting), or `global_negatives=False`: forward, loss over the micro-batches of all
+    ranks, backward, for each. With accumulation and `global_negatives`, every sample of the global batch is a
+    negative for every other, as if the whole batch were one forward (GradCache, open_clip's --accum-freq): embed
+    every micro-batch without a graph, compute the loss over all of them and its gradient with respect to the
+    embeddings, then redo each micro-batch's forward with a graph and back-propagate those gradients. The torch
+    RNG is rewound before each second forward, so dropout draws the same masks and the gradients are exact.
+    """
+    if len(batches) == 1 or not global_negatives:
+        terms = []
+        for batch in batches:
+            out = loss_fn(*engine(batch.video, batch.text, batch.question, batch.answer))
+            engine.backward(out.loss)
+            engine.step()
+            terms.append(torch.stack(out).detach())
+        return MCQLossOutput(*torch.stack(terms).mean(0))
+    states, cached = [], []
+    with torch.no_grad():
+        for batch in batches:
+            states.append(_dropout_rng())
+            cached.append(engine(batch.video, batch.text, batch.question, batch.answer))
+    leaves = [torch.cat(parts).float().requires_grad_() for parts in zip(*cached)]
+    out = loss_fn(*leaves)
+    out.loss.backward()  # d(sum over ranks of their shares)/d(this rank's embeddings): the gather sums across ranks
+    sizes = [len(batch) for batch in batches]
+    grads = [leaf.grad.split(sizes) for leaf in leaves]
+    for k, (batch, state) in enumerate(zip(batches, states)):
+        _set_dropout_rng(state)
+        embeddings = engine(batch.video, batch.text, batch.question, batch.answer)
+        surrogate = sum((e.float() * g[k]).sum() for e, g in zip(embeddings, grads))
+        # the embedding gradients already make the whole step's ∇ (× ranks, which the data-parallel mean removes):
+        # no division by the accumulation steps
+        engine.backward(surrogate, scale_wrt_gas=False)
+        engine.step()
+    return MCQLossOutput(*(t.detach() for t in out))
+
+
+def _dropout_rng() -> tuple:
+    """The generators dropout draws from: torch's CPU one and, with a GPU, the current device's."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
+def _set_dropout_rng(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
+
+
 def make_loader(kind: str, loader_cfg):
     """The reference (webdataset) or the DALI loader: both take the same config and yield the same `Batch`."""
     if kind == "torch":
@@ -190,21 +242,19 @@ def train(cfg: TrainConfig) -> Path:
     while step < total_steps:
         source = cfg.sources[step % len(cfg.sources)]
         window["eps"] = set_adam_eps(engine.optimizer, cfg, step + 1)
+        batches = []
         for _ in range(accumulation):
             t0 = time.perf_counter()
-            batch = next(iterators[source]).to(engine.device, dtype)
+            batches.append(next(iterators[source]).to(engine.device, dtype))
             window["data"] += time.perf_counter() - t0
-            counters["skipped"] += batch.skipped
-            counters["no_phrase"] += sum(k == "none" for k in batch.kinds)
-            loss = loss_fn(*engine(batch.video, batch.text, batch.question, batch.answer))
-            engine.backward(loss.loss)
-            engine.step()
-            totals += torch.stack([loss.loss, loss.loss_vt, loss.loss_mcq]).detach().double()
-            window["samples"] += len(batch)
+            counters["skipped"] += batches[-1].skipped
+            counters["no_phrase"] += sum(k == "none" for k in batches[-1].kinds)
+            window["samples"] += len(batches[-1])
+        totals += torch.stack(train_step(engine, loss_fn, batches, cfg.negatives == "global")).double()
         step += 1
         window["steps"] += 1
         if step % cfg.log_every == 0 or step == total_steps:
-            _log_window(engine, tracker, step, totals, window, counters, accumulation)
+            _log_window(engine, tracker, step, totals, window, counters)
         if step % cfg.save_every == 0 or step == total_steps:
             _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters)
     export = _export(engine, ckpt_dir, step, model.cfg, tokenizer, out, rank)
@@ -214,17 +264,16 @@ def train(cfg: TrainConfig) -> Path:
     return export
 
 
-def _log_window(engine, tracker, step, totals, window, counters, accumulation) -> None:
+def _log_window(engine, tracker, step, totals, window, counters) -> None:
     """Global-batch means of the loss terms over the window, throughput, the data-wait share and counters."""
     world = dist.get_world_size()
     elapsed = time.perf_counter() - window["time"]
     stats = torch.cat([totals, torch.tensor([window["data"], window["samples"], counters["skipped"],
                                              counters["no_phrase"]], dtype=torch.float64, device=totals.device)])
     dist.all_reduce(stats)  # on the engine's device: NCCL reduces GPU tensors only
-    micro_steps = window["steps"] * accumulation * world
+    shares = window["steps"] * world  # one loss share per rank and step
     metrics = {
-        "loss": stats[0].item() / micro_steps, "loss_vt": stats[1].item() / micro_steps,
-        "loss_mcq": stats[2].item() / micro_steps, "lr": engine.get_lr()[0], "adam_eps": window["eps"],
+        "loss": stats[0].item() / shares, "loss_vt": stats[1].item() / shares, "loss_mcq": stats[2].item() / shares, "lr": engine.get_lr()[0], "adam_eps": window["eps"],
         "samples_per_second": stats[4].item() / elapsed,
         "samples_per_second_per_gpu": stats[4].item() / elapsed / world,
         "data_wait_share": stats[3].item() / world / elapsed, "skipped_samples": stats[5].item(),
