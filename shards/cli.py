@@ -13,7 +13,7 @@ from shards.phrases import DEFAULT_MODEL
 from shards.tables import InputError
 
 
-def _conversion_options(parser: argparse.ArgumentParser) -> None:
+def _conversion_options(parser: argparse.ArgumentParser, shuffle: bool = True) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True,
                         help="output directory; rerun the same command into it to resume")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
@@ -29,6 +29,13 @@ def _conversion_options(parser: argparse.ArgumentParser) -> None:
                         help="frames kept from any video; shorter videos are rejected (default %(default)s)")
     parser.add_argument("--max-frames", type=int, default=32, help="most frames kept per video (default %(default)s)")
     parser.add_argument("--spacy-model", default=DEFAULT_MODEL, help="spaCy pipeline for phrases (default %(default)s)")
+    order = parser.add_mutually_exclusive_group()
+    order.add_argument("--shuffle-seed", type=int, default=0 if shuffle else None,
+                       help="store the rows in a global shuffle with this seed, so every shard (and so every batch) "
+                            "mixes the whole input instead of neighbouring rows (default "
+                            f"{'%(default)s' if shuffle else 'off: input order'})")
+    order.add_argument("--no-shuffle", dest="shuffle_seed", action="store_const", const=None,
+                       help="keep the input order")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -71,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-index", type=Path,
                    help="jsfusion_val_caption_idx.pkl, or a CSV with video_id,caption_index (default: found under ROOT)")
     p.add_argument("--videos", type=Path, help="folder of <video_id>.mp4 (default ROOT/videos/all)")
-    _conversion_options(p)
+    _conversion_options(p, shuffle=False)  # an evaluation set: kept in the split file's order
 
     p = commands.add_parser("wds", help="WebDataset shards from img2dataset / video2dataset",
                             description="Re-shard WebDataset tars (media + txt/json per sample), adding phrases "
@@ -125,17 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "synth":
         return synth.run(args)
     if args.command == "verify":
-        from shards.verify import verify
+        from shards.verify import describe, verify
 
         problems = verify(args.dir, progress=not args.quiet)
         for problem in problems:
             print(problem)
+        for line in describe(args.dir):
+            print(f"{args.dir}: {line}")
         print(f"{args.dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
     try:
         options = Options(shard_size=args.shard_size, image_size=args.image_size, jpeg_quality=args.jpeg_quality,
                           fps=args.fps, min_frames=args.min_frames, max_frames=args.max_frames,
-                          require_nouns=args.command != "msrvtt", spacy_model=args.spacy_model)
+                          require_nouns=args.command != "msrvtt", spacy_model=args.spacy_model,
+                          shuffle_seed=args.shuffle_seed)
         source = "cc3m" if args.command == "cc3m" else args.command
         manifest = convert(_rows(args), args.out, source, options, args.workers, args.prefix, not args.quiet)
     except (InputError, ConvertError, ValueError) as err:

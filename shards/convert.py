@@ -3,7 +3,9 @@
 How it keeps its promises (every row in exactly one shard or in ``rejects.jsonl``; resumable after a
 kill -9; same inputs and options, same bytes):
 
-* Row ``i`` of the input belongs to shard ``i // shard_size``, decided before anything runs.
+* Rows are put in their conversion order first: the input order, or with ``shuffle_seed`` a permutation
+  that depends only on the seed and each row's key. Position ``i`` of that order belongs to shard
+  ``i // shard_size``, decided before anything runs.
 * Workers convert small batches of rows; the main process alone writes, taking results in input
   order, so the shards do not depend on ``--workers`` or on timing.
 * A shard is written as ``.part`` files and renamed when complete; then a record of it
@@ -57,6 +59,7 @@ class Options:
     max_frames: int = 32
     require_nouns: bool = True
     spacy_model: str = DEFAULT_MODEL
+    shuffle_seed: int | None = None  # None: keep the input order
 
     def __post_init__(self):
         if self.shard_size < 1 or self.image_size < 1 or not 1 <= self.jpeg_quality <= 100:
@@ -70,13 +73,16 @@ def convert(rows: Iterable[Row], out: Path, source: str, options: Options, worke
     """Convert ``rows`` into shards in ``out``; returns the manifest. Safe to rerun after a crash."""
     rows = list(rows)  # reads the whole input table first: a malformed one stops before any work
     _check_rows(rows)
+    fingerprint = _fingerprint(rows)
+    order = conversion_order([row.key for row in rows], options.shuffle_seed)
+    rows = [rows[i] for i in order]
     prefix = prefix or source
     out.mkdir(parents=True, exist_ok=True)
     (out / PROGRESS).mkdir(exist_ok=True)
     plan = {
         "format": FORMAT, "source": source, "prefix": prefix, "converter_version": __version__,
         "options": dataclasses.asdict(options), "phrases": parser_versions(options.spacy_model),
-        "input": {"rows": len(rows), "fingerprint": _fingerprint(rows)},
+        "input": {"rows": len(rows), "fingerprint": fingerprint},
     }
     _claim(out, plan)
 
@@ -94,13 +100,30 @@ def convert(rows: Iterable[Row], out: Path, source: str, options: Options, worke
         for (j, batch, last), results in _ordered_map(convert_batch, batches, workers or os.cpu_count() or 1,
                                                       init_worker, (options,)):
             if shard is None:
-                shard = _ShardJob(out, prefix, j, first_row=j * size)
+                shard = _ShardJob(out, prefix, j, first_row=j * size, input_rows=order)
             shard.add(batch, results)
             bar.update(len(batch))
             if last:
                 shard.finish()
                 shard = None
     return _write_manifest(out, plan, len(jobs))
+
+
+def conversion_order(keys: list[str], seed: int | None) -> list[int]:
+    """Input row indices in the order they are converted: the input order, or with a seed a global shuffle.
+
+    Published tables are grouped (WebVid's CSV by ``page_dir``, a page of 50 related clips), and a loader that reads
+    shards in order draws every batch from a few thousand neighbouring rows, so a batch's negatives would be near
+    duplicates. Shuffling once here makes every shard a uniform sample of the whole set. A row's place depends only
+    on the seed and its key (a keyed hash, ties kept in input order), not on a library's random stream, so it is
+    the same on every machine and version, and any part of the conversion can be computed on its own.
+    """
+    if seed is None:
+        return list(range(len(keys)))
+
+    def rank(i: int) -> tuple[bytes, int]:
+        return hashlib.blake2b(f"{seed}:{keys[i]}".encode("utf-8", "surrogateescape"), digest_size=8).digest(), i
+    return sorted(range(len(keys)), key=rank)
 
 
 def _check_rows(rows: list[Row]) -> None:
@@ -165,8 +188,9 @@ def _finished(out: Path, prefix: str, j: int) -> bool:
 class _ShardJob:
     """One shard being written: samples go to ``.part`` files until :meth:`finish` renames them."""
 
-    def __init__(self, out: Path, prefix: str, j: int, first_row: int):
+    def __init__(self, out: Path, prefix: str, j: int, first_row: int, input_rows: list[int]):
         self.out, self.prefix, self.j, self.row = out, prefix, j, first_row
+        self.input_rows = input_rows  # conversion position -> input row
         self.name = _shard_name(prefix, j)
         self.tar = out / f"{self.name}.tar"
         self.part = out / f"{self.name}.tar.part"
@@ -179,7 +203,7 @@ class _ShardJob:
             if members is not None:
                 self.writer.write(row.key, members)
             else:
-                self.rejects.append({"row": self.row, "where": row.where, "key": row.key, "id": row.id,
+                self.rejects.append({"row": self.input_rows[self.row], "where": row.where, "key": row.key, "id": row.id,
                                      "reason": reason})
             self.row += 1
 

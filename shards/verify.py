@@ -45,6 +45,17 @@ def verify(directory: Path, progress: bool = True) -> list[str]:
     return problems
 
 
+def describe(directory: Path) -> list[str]:
+    """What a user should know about how a shard set was made, beyond its consistency: the sample order."""
+    try:
+        options = read_manifest(directory).raw.get("options", {})
+    except ValueError:
+        return []
+    seed = options.get("shuffle_seed")
+    return [f"order: global shuffle of the input rows (seed {seed})" if seed is not None else
+            "order: the input order (converted with --no-shuffle, or before the converter shuffled)"]
+
+
 def _check_shard(shard, keys: set[str]) -> list[str]:
     name = shard.path.name
     if not shard.path.is_file():
