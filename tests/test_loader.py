@@ -22,6 +22,7 @@ from mcq_ds.config import TextConfig
 from mcq_ds.data.batch import IMAGENET_MEAN, IMAGENET_STD, Batch
 from mcq_ds.data.loader import LoaderConfig, ShardLoader, count_samples, resolve_shards
 from mcq_ds.data.sampling import draw, sample_seed
+from mcq_ds.data.transforms import render_clip
 from mcq_ds.model import load_tokenizer
 from shards.convert import Options, convert
 from shards.frames import segment_frames
@@ -369,3 +370,30 @@ def test_a_truncated_shard_skips_the_rest_of_its_samples(converted, tokenizer, t
     loader = _loader(str(cut), tokenizer, train=False, workers=0, batch_size=1)
     batches = list(loader)
     assert 1 <= len(batches) < 5 and sum(len(b) for b in batches) + batches[-1].skipped == 5
+
+
+def test_time_sampling_and_the_original_resize(converted, tokenizer):
+    """`mcq-ds train`'s defaults: frames at the original's sampled instants (the clip's clock in its json), and the
+    plain bilinear resize of the original's tensor transforms."""
+    from shards.frames import ClipClock, time_frames
+
+    stored = _stored(converted)
+    loader = _loader(converted, tokenizer, workers=0, batch_size=6, frame_sampling="time", antialias=False)
+    batch = next(iter(loader))
+    videos = 0
+    for key, video, frames in zip(batch.keys, batch.video, batch.extra["frames"].tolist()):
+        meta, members = stored[key]
+        clock = ClipClock.from_meta(meta)
+        draws = draw(7, 0, key, _stored_count(meta), 4, meta["height"], meta["width"], True, clock=clock)
+        if clock is not None:
+            videos += 1
+            chosen = time_frames(clock, 4, random.Random(sample_seed(7, 0, key)))
+            assert frames == chosen + [chosen[-1]] * (4 - len(chosen)), key
+        offsets = np.frombuffer(members["offsets"], "<i4") if "offsets" in members else None
+        jpegs = {i: (members["jpgs"][offsets[i]:offsets[i + 1]] if offsets is not None else members["jpg"])
+                 for i in set(frames)}
+        plain = render_clip(jpegs, frames, draws.crop, draws.flip, 32, meta["height"], meta["width"], antialias=False)
+        assert (_pixels(video) - plain.float()).abs().max() <= 0.01, key
+    assert videos
+    with pytest.raises(ValueError, match="frame_sampling"):
+        LoaderConfig(shards=converted, source="csv", tokenizer=tokenizer, frame_sampling="grid")

@@ -49,6 +49,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from shards.frames import ClipClock
+
 from .batch import NORMALISATION, Batch, Tokens
 from .loader import LoaderConfig, ShardInfo, Skip, _SkipLog, distributed_position, resolve_shards
 from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts
@@ -172,7 +174,8 @@ class HostStep:
         if count != meta.get("num_frames", 1):
             raise ValueError(f"{count} frames stored, the json says {meta.get('num_frames')}")
         width, height = int(meta["width"]), int(meta["height"])
-        d = draw(cfg.seed, self.epoch, meta["key"], count, cfg.num_frames, height, width, cfg.train, cfg.hflip)
+        d = draw(cfg.seed, self.epoch, meta["key"], count, cfg.num_frames, height, width, cfg.train, cfg.hflip,
+                 ClipClock.from_meta(meta) if cfg.frame_sampling == "time" else None)
         plan = d.frames + [d.frames[-1]] * (cfg.num_frames - len(d.frames))  # short clips repeat their last frame
         encoded = []
         for i in plan:
@@ -254,7 +257,7 @@ def build_pipeline(config: LoaderConfig, files: list[ShardInfo], epoch: int, ran
                                           axis_names="WH", normalized_anchor=False, normalized_shape=False)
                   for e in encoded]
         video = fn.stack(*frames, axis_name="F")
-        video = fn.resize(video, size=[cfg.img_size, cfg.img_size], antialias=True)
+        video = fn.resize(video, size=[cfg.img_size, cfg.img_size], antialias=cfg.antialias)
         video = fn.crop_mirror_normalize(video, mirror=rest["flip"], dtype=types.FLOAT, output_layout="FCHW",
                                          mean=[255 * m for m in mean], std=[255 * s for s in std])
         return (video, *(rest[name] for name in HostStep.OUTPUTS[2:]))

@@ -45,6 +45,7 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from shards.frames import ClipClock
 from shards.manifest import MANIFEST, read_manifest
 from shards.tario import samples as tar_samples
 
@@ -72,6 +73,9 @@ class LoaderConfig:
     `batch_size` is per rank. `questions` (default: `train`) builds MCQ questions and answers.
     `shuffle_block` > 1 shuffles samples within consecutive blocks of that many samples of a worker's stream
     (training only); a worker holds that many samples' chosen JPEG frames (about 100 KB per 4-frame sample).
+    `frame_sampling` "time" takes training frames at the original's sampled instants (`sampling.draw` with the clip's
+    clock), "stored" by its index rule over the stored frames; `antialias` is the training resize's (the original
+    resized without). `mcq-ds train` sets both to the original's; these defaults keep the behaviour of older runs.
     """
 
     shards: str | os.PathLike | Sequence[str | os.PathLike]
@@ -92,6 +96,8 @@ class LoaderConfig:
     normalisation: str = "imagenet"
     hflip: bool = True
     shuffle_block: int = 256
+    frame_sampling: str = "stored"
+    antialias: bool = True
     prefetch_factor: int = 2
     pin_memory: bool | None = None  # default: when CUDA is available
 
@@ -107,6 +113,8 @@ class LoaderConfig:
             raise ValueError(f"question_type must be 'noun' or 'verb', got {self.question_type!r}")
         if self.normalisation not in NORMALISATION:
             raise ValueError(f"unknown normalisation {self.normalisation!r}; choose one of {sorted(NORMALISATION)}")
+        if self.frame_sampling not in ("time", "stored"):
+            raise ValueError(f"frame_sampling must be 'time' or 'stored', got {self.frame_sampling!r}")
 
 
 def distributed_position(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -444,7 +452,7 @@ class ShardStream(IterableDataset):
         else:
             raise KeyError(f"no media member (jpg, or jpgs + offsets); members: {sorted(raw)}")
         draws = draw(cfg.seed, epoch, key, stored, cfg.num_frames, meta["height"], meta["width"], cfg.train,
-                     cfg.hflip)
+                     cfg.hflip, ClipClock.from_meta(meta) if cfg.frame_sampling == "time" else None)
         if offsets is None:
             jpegs = {0: raw["jpg"]}
         else:
@@ -464,7 +472,7 @@ class ShardStream(IterableDataset):
         meta = item.meta
         try:
             video = render_clip(item.jpegs, item.plan, item.draws.crop, item.draws.flip, self.cfg.img_size,
-                                meta["height"], meta["width"])
+                                meta["height"], meta["width"], self.cfg.antialias)
         except Exception as err:  # libjpeg's errors for truncated or garbled frames, size mismatches
             return Skip(item.key, f"undecodable frame: {type(err).__name__}: {err}")
         return _Sample(item.key, video, meta["caption"], item.qa, item.plan, meta.get("captions", [meta["caption"]]))

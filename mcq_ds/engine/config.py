@@ -57,6 +57,11 @@ class TrainConfig:
     grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on with a GPU)")
     compile: bool = _opt(False, "torch.compile every transformer block")
     hflip: bool = _opt(True, "random horizontal flip in training (off for captions that say left/right)")
+    frame_sampling: str = _opt("time", "time: training frames at the instants the original sampled (uniform in each "
+                               "segment of the clip's own frames), each from the nearest stored frame | stored: the "
+                               "original's index rule applied to the stored frames", ("time", "stored"))
+    train_resize: str = _opt("original", "original: bilinear without antialiasing, as the original's torchvision 0.8.2 "
+                             "tensor transforms | antialias: antialiased bilinear", ("original", "antialias"))
     loader: str = _opt("torch", "torch (webdataset workers) | dali (NVIDIA DALI, GPU decoding when a GPU is there)")
     workers: int = _opt(4, "data-loading workers per rank")
     seed: int = _opt(0, "seed of every random draw (data, initialisation, dropout)")

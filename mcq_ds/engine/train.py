@@ -196,7 +196,8 @@ def train(cfg: TrainConfig) -> Path:
         batch_size=ds["train_micro_batch_size_per_gpu"], workers=cfg.workers, seed=cfg.seed, rank=rank,
         world_size=world, tokenizer=tokenizer, question_type=cfg.question_type, question_mode=cfg.question_mode,
         max_text_length=model.cfg.text.max_length,
-        normalisation=model.cfg.normalisation, hflip=cfg.hflip))
+        normalisation=model.cfg.normalisation, hflip=cfg.hflip, frame_sampling=cfg.frame_sampling,
+        antialias=cfg.train_resize == "antialias"))
         for source in cfg.sources}
     accumulation = ds["gradient_accumulation_steps"]
     total_steps, milestones = steps_plan(cfg, {s: loaders[s].batches_per_epoch // accumulation for s in cfg.sources})
