@@ -274,7 +274,8 @@ def _log_window(engine, tracker, step, totals, window, counters) -> None:
     dist.all_reduce(stats)  # on the engine's device: NCCL reduces GPU tensors only
     shares = window["steps"] * world  # one loss share per rank and step
     metrics = {
-        "loss": stats[0].item() / shares, "loss_vt": stats[1].item() / shares, "loss_mcq": stats[2].item() / shares, "lr": engine.get_lr()[0], "adam_eps": window["eps"],
+        "loss": stats[0].item() / shares, "loss_vt": stats[1].item() / shares, "loss_mcq": stats[2].item() / shares,
+        "lr": engine.get_lr()[0], "adam_eps": window["eps"],
         "samples_per_second": stats[4].item() / elapsed,
         "samples_per_second_per_gpu": stats[4].item() / elapsed / world,
         "data_wait_share": stats[3].item() / world / elapsed, "skipped_samples": stats[5].item(),
