@@ -9,7 +9,7 @@ from pathlib import Path
 
 from shards import __version__, synth
 from shards.convert import ConvertError, Options, convert
-from shards.phrases import DEFAULT_MODEL
+from shards.phrases import DEFAULT_MODEL, SOURCES
 from shards.tables import InputError
 
 
@@ -29,6 +29,13 @@ def _conversion_options(parser: argparse.ArgumentParser, shuffle: bool = True) -
                         help="frames kept from any video; shorter videos are rejected (default %(default)s)")
     parser.add_argument("--max-frames", type=int, default=32, help="most frames kept per video (default %(default)s)")
     parser.add_argument("--spacy-model", default=DEFAULT_MODEL, help="spaCy pipeline for phrases (default %(default)s)")
+    parser.add_argument("--phrases", choices=SOURCES, default="textblob",
+                        help="noun phrases: textblob (the original's: TextBlob noun_phrases, lower-case, no "
+                             "determiners, NN* words when none) or spacy (noun chunks as written); verbs are always "
+                             "the original's spaCy pattern (default %(default)s)")
+    parser.add_argument("--phrases-file", type=Path, metavar="FILE",
+                        help="your own phrases instead: .jsonl or .csv (id or caption, nouns, verbs), or the "
+                             "original's *_noun_verb.tsv (matched by caption); samples it lacks are rejected")
     order = parser.add_mutually_exclusive_group()
     order.add_argument("--shuffle-seed", type=int, default=0 if shuffle else None,
                        help="store the rows in a global shuffle with this seed, so every shard (and so every batch) "
@@ -145,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         options = Options(shard_size=args.shard_size, image_size=args.image_size, jpeg_quality=args.jpeg_quality,
                           fps=args.fps, min_frames=args.min_frames, max_frames=args.max_frames,
                           require_nouns=args.command != "msrvtt", spacy_model=args.spacy_model,
-                          shuffle_seed=args.shuffle_seed)
+                          shuffle_seed=args.shuffle_seed, phrases=args.phrases,
+                          phrases_file=str(args.phrases_file) if args.phrases_file else None)
         source = "cc3m" if args.command == "cc3m" else args.command
         manifest = convert(_rows(args), args.out, source, options, args.workers, args.prefix, not args.quiet)
     except (InputError, ConvertError, ValueError) as err:

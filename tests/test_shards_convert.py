@@ -81,7 +81,7 @@ def test_webvid_every_row_lands_once(webvid_csv, tmp_path):
     assert first["num_frames"] == 4 and len(first["frame_times"]) == 4 and first["duration"] == pytest.approx(2.0)
     for sample in samples.values():
         for span in sample["nouns"] + sample["verbs"]:
-            assert sample["caption"][span["start"]:span["end"]] == span["text"]
+            assert sample["caption"][span["start"]:span["end"]].casefold() == span["text"].casefold()
     assert samples["webvid-11"]["width"] == 176  # real 176x144 clip: kept, not upscaled
     assert verify(out, progress=False) == []
 
@@ -180,7 +180,7 @@ def test_cc3m_both_file_namings_and_img2dataset_shards(tmp_path):
         f"cc3m-00000000{i}" for i in range(4)]
     sample = results["files"]["cc3m-000000000"]
     assert (sample["width"], sample["height"], sample["id"]) == (341, 256, urls[0])
-    assert [n["text"] for n in sample["nouns"]] == ["A red apple", "a wooden table"]
+    assert [n["text"] for n in sample["nouns"]] == ["red apple", "wooden table"]  # TextBlob's form, the default
 
 
 def test_msrvtt_1k_a_pairs_and_train_captions(tmp_path):
@@ -275,7 +275,7 @@ def test_rows_are_stored_in_a_seeded_global_shuffle(tmp_path):
     assert keys_in_shard_order(tmp_path / "c") != shuffled
     assert main([*base, "--no-shuffle", "-o", str(tmp_path / "d")]) == 0
     assert keys_in_shard_order(tmp_path / "d") == given
-    assert describe(tmp_path / "a") == ["order: global shuffle of the input rows (seed 0)"]
-    assert describe(tmp_path / "d")[0].startswith("order: the input order")
+    assert describe(tmp_path / "a")[1] == "order: global shuffle of the input rows (seed 0)"
+    assert describe(tmp_path / "d")[1].startswith("order: the input order")
     with pytest.raises(SystemExit):  # one or the other
         main([*base, "--no-shuffle", "--shuffle-seed", "3", "-o", str(tmp_path / "e")])
