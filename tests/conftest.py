@@ -16,13 +16,13 @@ def _mcq_shards(*args: str) -> None:
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "shards.cli", *args], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "mcq_shards.cli", *args], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="session")
 def demo_shards(tmp_path_factory):
     """The embedded demo data, small, through the real renderer and converters: {source: shard folder}."""
-    from shards.synth import synthesize
+    from mcq_shards.synth import synthesize
 
     root = tmp_path_factory.mktemp("demo")
     synthesize(root / "raw", train_videos=96, images=64, test_videos=24, msrvtt_train_videos=4, workers=1)

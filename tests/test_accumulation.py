@@ -45,7 +45,7 @@ def collate(parts: list[Batch]) -> Batch:
 
 
 def make_model(dropout: float):
-    from mcq_ds.config import preset
+    from mcq_ds.model.presets import preset
     from mcq_ds.model import create_model
 
     cfg = preset("tiny")

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from shards_fixtures import encode_image
 
-from shards.cli import main
-from shards.manifest import read_manifest
-from shards.phrase_table import read_phrase_table
-from shards.tables import InputError
-from shards.verify import describe, verify
+from mcq_shards.cli import main
+from mcq_shards.manifest import read_manifest
+from mcq_shards.phrase_table import read_phrase_table
+from mcq_shards.tables import InputError
+from mcq_shards.verify import describe, verify
 
 CAPTIONS = ["An old woman is dancing on the green grass", "A man's red car drives down a road", "Two dogs play"]
 

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from shards.frames import segment_bounds, segment_frames, stored_frame_count, stored_frame_times
+from mcq_shards.frames import segment_bounds, segment_frames, stored_frame_count, stored_frame_times
 
 
 def original_bounds(num_stored: int, num_frames: int) -> list[int]:
@@ -73,8 +73,8 @@ def test_time_rule_samples_the_originals_instants_from_the_stored_grid():
     [lo, hi - 2], then frame index - 1. The time rule draws exactly those instants and takes the nearest of the 20
     stored frames, so every stored frame of a segment can be shown (the stored-index rule never shows a segment's
     last one) and the sampled times stay within a quarter of the 0.5 s grid step of the original's, on average."""
-    from shards.bench_frames import segment_times, stored_grid, wasserstein
-    from shards.frames import ClipClock, original_times, time_frames
+    from mcq_shards.bench_frames import segment_times, stored_grid, wasserstein
+    from mcq_shards.frames import ClipClock, original_times, time_frames
 
     grid = stored_grid(10.0, 25.0, 2.0, 8, 32)
     clock = ClipClock(grid, 10.0, 25.0)
@@ -92,7 +92,7 @@ def test_time_rule_samples_the_originals_instants_from_the_stored_grid():
 
 
 def test_time_rule_on_a_short_grid_and_one_frame():
-    from shards.frames import ClipClock, time_frames
+    from mcq_shards.frames import ClipClock, time_frames
 
     clock = ClipClock([0.0, 0.04], 0.08, 25.0)  # two source frames, both stored
     assert time_frames(clock, 4, random.Random(0)) == [0, 0]  # min(frames, source frames) picks, like the original

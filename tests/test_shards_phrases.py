@@ -3,7 +3,7 @@ spaCy's tags), spaCy noun chunks, the verb pattern, and how a phrase given as te
 
 import pytest
 
-from shards.phrases import PhraseParser, brown_tag, fast_np_phrases, locate, locate_all, textblob_noun_phrases
+from mcq_shards.phrases import PhraseParser, brown_tag, fast_np_phrases, locate, locate_all, textblob_noun_phrases
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mcq_ds.engine.tracking import RECORD, Tracker, main
+from mcq_ds.cli import main
+from mcq_ds.tracking import RECORD, Tracker
 
 REPO = Path(__file__).resolve().parents[1]
 GIT_TAG = "mlflow.source.git.commit"
@@ -47,7 +48,7 @@ def _events(local_dir: Path) -> list[dict]:
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage() for r in caplog.records
-        if r.name == "mcq_ds.engine.tracking" and r.levelno == logging.WARNING
+        if r.name == "mcq_ds.tracking" and r.levelno == logging.WARNING
     ]
 
 
@@ -98,7 +99,7 @@ def server(_server_process: Server) -> Server:
 def test_none_uri_keeps_only_the_local_record_and_never_imports_mlflow(tmp_path):
     code = (
         "import sys\n"
-        "from mcq_ds.engine.tracking import Tracker\n"
+        "from mcq_ds.tracking import Tracker\n"
         "with Tracker('none', 'e', None, 0, sys.argv[1]) as tracker:\n"
         "    tracker.log_metrics({'loss': 1.5}, step=3)\n"
         "assert 'mlflow' not in sys.modules, 'mlflow was imported'\n"
@@ -143,7 +144,7 @@ def test_unreachable_server_warns_once_and_keeps_every_event(tmp_path, caplog):
 
     assert elapsed < 30, f"a dead server cost {elapsed:.1f} s"
     [warning] = _warnings(caplog)
-    assert uri in warning and "python -m mcq_ds.engine.tracking" in warning
+    assert uri in warning and "mcq-ds tracking-replay" in warning
     assert tracker.run_id is None
     events = _events(tmp_path)
     assert [e["event"] for e in events] == ["start", "params", *["metrics"] * 3, "tags", "close"]
@@ -263,7 +264,7 @@ def test_replay_pushes_a_record_into_a_server(server, tmp_path, capsys):
     tracker.log_artifact(notes)
     tracker.close()
 
-    main([str(local), server.uri])
+    assert main(["tracking-replay", str(local), server.uri]) == 0
 
     client = MlflowClient(server.uri)
     [run] = client.search_runs([client.get_experiment_by_name("replayed").experiment_id])
@@ -296,7 +297,7 @@ def test_rank_one_writes_nothing(server, tmp_path):
 def test_training_run_is_visible_in_a_real_mlflow_server(server, demo_shards, tmp_path):
     """`mcq-ds train --mlflow-uri http://127.0.0.1:PORT`: config, metrics and the exported model reach the server."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "mcq_ds.cli", "train", "--stage", "demo-1f-noun", "--model", "tiny",
+    command = [sys.executable, "-m", "mcq_ds.cli", "train", "--stage", "demo-1f-noun", "--preset", "tiny",
                "--data", f"cc3m={demo_shards['cc3m']}", "--data", f"webvid={demo_shards['webvid']}",
                "--out", str(out), "--global-batch", "8", "--workers", "1", "--log-every", "1", "--max-steps", "2",
                "--save-every", "2", "--no-hflip", "--mlflow-uri", server.uri, "--experiment", "engine-test"]

@@ -116,5 +116,5 @@ def test_stage_defaults_and_user_eps():
     assert cfg(stage="4f-verb").adam_eps == pytest.approx(40e-6)
     assert cfg(stage="demo-4f-noun").adam_eps == pytest.approx(1e-6)
     assert cfg(stage="4f-verb", adam_eps=1e-8).adam_eps == 1e-8  # a user's ε is used as given
-    with pytest.raises(ValueError, match="--adam-eps-style must be one of transformers, torch"):
+    with pytest.raises(ValueError, match="adam_eps_style must be one of transformers, torch"):
         cfg(stage="4f-verb", adam_eps_style="keras")

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import preset
+from ..model.presets import preset
 from ..eval.checkpoint import load_model
 from ..eval.data import ClipSpec
-from ..eval.embed import pick_device
+from ..runtime import pick_device
 from ..eval.extract import VideoFiles, as_list, extract_videos
 from ..eval.search import chunked_topk
 from ..model import MCQ, load_tokenizer, save_pretrained

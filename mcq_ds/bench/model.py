@@ -16,13 +16,13 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..config import PRESETS, preset
+from ..model.presets import PRESETS, preset
 from ..model import MCQ, Tokens
 
-# Dense bf16 tensor-core peaks (research/anchors.md §3.1).
+# Dense bf16 tensor-core peaks from NVIDIA's data sheets (no sparsity).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
-# Typical lengths in tokens (research/anchors.md §3.3): caption and question ~24, answer ~8.
+# Typical lengths in tokens of WebVid/CC3M captions: caption and question ~24, answer ~8.
 CAPTION_TOKENS, ANSWER_TOKENS = 24, 8
 
 

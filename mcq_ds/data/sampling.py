@@ -12,9 +12,9 @@ import math
 import random
 from typing import NamedTuple
 
-from shards.frames import ClipClock, segment_frames, time_frames
+from mcq_shards.frames import ClipClock, segment_frames, time_frames
 
-# RandomResizedCrop(scale=(0.5, 1.0)) with torchvision's default aspect ratios (SPEC §3.4).
+# RandomResizedCrop(scale=(0.5, 1.0)) with torchvision's default aspect ratios, the original's training crop.
 CROP_SCALE = (0.5, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 
@@ -55,7 +55,7 @@ def random_resized_crop_box(rng: random.Random, height: int, width: int, scale: 
 
 
 def center_crop_box(height: int, width: int) -> CropBox:
-    """Evaluation view (SPEC §3.4): the centred square of the short side (Resize 256 → CenterCrop 256)."""
+    """Evaluation view: the centred square of the short side (Resize 256 → CenterCrop 256)."""
     side = min(height, width)
     return CropBox((height - side) // 2, (width - side) // 2, side, side)
 
@@ -75,7 +75,7 @@ def draw(seed: int, epoch: int, key: str, num_stored: int, num_frames: int, heig
     flip; evaluation: segment midpoints and the centre crop, no flip. Same arguments, same draws. `hflip=False`
     turns the flip off (captions that say "left" or "right", like the demo data's, become wrong when flipped); the
     coin is still drawn so the question builder sees the same stream either way. With a video's `clock`, training
-    frames are the original's sampled instants taken from the nearest stored frames (`shards.frames.time_frames`);
+    frames are the original's sampled instants taken from the nearest stored frames (`mcq_shards.frames.time_frames`);
     without, the original's index rule over the stored frames (`segment_frames`)."""
     rng = random.Random(sample_seed(seed, epoch, key))
     if not train:

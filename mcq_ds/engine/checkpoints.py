@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..runtime import atomic_write
+
 COMPLETE = "complete.json"
 
 
@@ -76,12 +78,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save(engine, ckpt_dir: Path, step: int, common: dict[str, Any], per_rank: dict[str, Any],
          keep_last: int) -> Path:
     """Collective: every rank calls it. `common` goes into DeepSpeed's client state, `per_rank` into rank<r>.pt."""
@@ -94,11 +90,11 @@ def save(engine, ckpt_dir: Path, step: int, common: dict[str, Any], per_rank: di
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=common)
     folder = ckpt_dir / tag
     rank = dist.get_rank()
-    _atomic_write(folder / f"rank{rank}.pt", lambda p: torch.save(per_rank, p))
+    atomic_write(folder / f"rank{rank}.pt", lambda p: torch.save(per_rank, p))
     dist.barrier()
     if rank == 0:
         marker = {"step": step, "world_size": dist.get_world_size()}
-        _atomic_write(folder / COMPLETE, lambda p: p.write_text(json.dumps(marker)))
+        atomic_write(folder / COMPLETE, lambda p: p.write_text(json.dumps(marker)))
         _prune(ckpt_dir, keep_last)
     dist.barrier()
     return folder

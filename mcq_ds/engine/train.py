@@ -7,11 +7,10 @@ take the step's micro-batches of its source, embed, MCQ loss, backward, step (`t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
-import os
-import socket
 import time
 from pathlib import Path
 
@@ -21,25 +20,13 @@ import torch.distributed as dist
 from ..data.batch import Batch
 from ..loss import MCQLoss, MCQLossOutput
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
+from ..runtime import control_group, init_distributed, next_on_every_rank, pick_device, write_text_atomic
+from ..tracking import Tracker
 from . import checkpoints
 from .config import DS_CONFIGS, TrainConfig, resolve
 from .schedule import adam_eps, step_decay, warmup_cosine
-from .tracking import Tracker
 
 log = logging.getLogger("mcq_ds.train")
-
-
-def init_distributed() -> None:
-    """Joins the launcher's process group; a plain `mcq-ds train` becomes a 1-rank group (gloo on CPU)."""
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
 
 
 def build_model(cfg: TrainConfig):
@@ -47,12 +34,12 @@ def build_model(cfg: TrainConfig):
     if cfg.init:
         model, tokenizer = load_pretrained(cfg.init)
     else:
-        from ..config import preset
+        from ..model.presets import preset
 
-        model_cfg = preset(cfg.model)
+        model_cfg = preset(cfg.preset)
         model_cfg.video.num_frames = max(model_cfg.video.num_frames, cfg.frames)
         model, tokenizer = create_model(model_cfg), create_tokenizer(model_cfg)
-    if cfg.frames > model.cfg.video.num_frames:
+    if cfg.frames > model.cfg.video.num_frames and getattr(model.cfg.video, "temporal_attention", False):
         raise ValueError(f"stage {cfg.stage} uses {cfg.frames} frames; the model in {cfg.init} takes at most "
                          f"{model.cfg.video.num_frames}")
     model.set_grad_checkpointing(bool(cfg.grad_checkpointing))
@@ -63,7 +50,7 @@ def build_model(cfg: TrainConfig):
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
-    """The JSON from ds_configs/ as is, plus the values that depend on this run."""
+    """The JSON from mcq_ds/ds_configs/ as is, plus the values that depend on this run."""
     path = Path(cfg.ds_config) if cfg.ds_config else DS_CONFIGS / (
         "zero1_bf16.json" if torch.cuda.is_available() else "cpu_fp32.json")
     if not path.is_file() and (DS_CONFIGS / path.name).is_file():
@@ -165,6 +152,8 @@ def make_loader(kind: str, loader_cfg):
         from ..data.loader import ShardLoader
         return ShardLoader(loader_cfg)
     if kind == "dali":
+        if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+            raise ValueError("--loader dali needs NVIDIA DALI: pip install 'mcq-ds[dali]'")
         from ..data.dali import DaliLoader
         return DaliLoader(loader_cfg)
     raise ValueError(f"--loader must be torch or dali, got '{kind}'")
@@ -175,8 +164,8 @@ def train(cfg: TrainConfig) -> Path:
 
     from ..data.loader import LoaderConfig
 
-    init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = init_distributed(pick_device(), always=True)  # a plain `mcq-ds train` is a 1-rank group
+    control = control_group()
     on_gpu = torch.cuda.is_available()
     if cfg.grad_checkpointing is None:
         cfg.grad_checkpointing = on_gpu
@@ -192,12 +181,12 @@ def train(cfg: TrainConfig) -> Path:
         load_dir = checkpoints.universal(resume_from)  # ZeRO partitions depend on the world size: re-shard them
         ds["checkpoint"] = {"load_universal": True}
     loaders = {source: make_loader(cfg.loader, LoaderConfig(
-        shards=cfg.data[source], source=source, train=True, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
+        shards=cfg.data[source], source=source, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
         batch_size=ds["train_micro_batch_size_per_gpu"], workers=cfg.workers, seed=cfg.seed, rank=rank,
         world_size=world, tokenizer=tokenizer, question_type=cfg.question_type, question_mode=cfg.question_mode,
         max_text_length=model.cfg.text.max_length,
-        normalisation=model.cfg.normalisation, hflip=cfg.hflip, frame_sampling=cfg.frame_sampling,
-        antialias=cfg.train_resize == "antialias"))
+        normalisation=model.cfg.normalisation, hflip=cfg.hflip, max_skip_share=cfg.max_skip_share,
+        frame_sampling=cfg.frame_sampling, antialias=cfg.train_resize == "antialias"))
         for source in cfg.sources}
     accumulation = ds["gradient_accumulation_steps"]
     total_steps, milestones = steps_plan(cfg, {s: loaders[s].batches_per_epoch // accumulation for s in cfg.sources})
@@ -229,7 +218,7 @@ def train(cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(cfg.mlflow_uri, cfg.experiment, cfg.run_name or cfg.stage, rank, out, run_id=run_id)
     if rank == 0:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         if run_id is None:
             tracker.log_params({"train": cfg.to_dict(), "deepspeed": ds, "world_size": world})
             tracker.log_config("train_config.json", cfg.to_dict())
@@ -246,7 +235,7 @@ def train(cfg: TrainConfig) -> Path:
         batches = []
         for _ in range(accumulation):
             t0 = time.perf_counter()
-            batches.append(next(iterators[source]).to(engine.device, dtype))
+            batches.append(next_on_every_rank(iterators[source], control).to(engine.device, dtype))
             window["data"] += time.perf_counter() - t0
             counters["skipped"] += batches[-1].skipped
             counters["no_phrase"] += sum(k == "none" for k in batches[-1].kinds)

@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..config import preset
+from ..model.presets import preset
 from ..engine.checkpoints import complete_checkpoints
 from ..model import (CLIPMCQ, MCQ, create_model, create_tokenizer, from_original, load_pretrained, load_tokenizer,
                      model_config_from_dict)
+from ..model.loading import BRIDGE_PREFIXES
 from ..model.weights_io import load_pickled
 
 # Classes a ZeRO checkpoint's optimizer files pickle besides tensors (DeepSpeed 0.16–0.19).
@@ -36,7 +37,6 @@ _DEEPSPEED_CLASSES = frozenset({
     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
     "deepspeed.utils.tensor_fragment.fragment_address",
 })
-_BRIDGE_PREFIXES = ("bridge_model.", "bridge_proj.")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
@@ -50,14 +50,17 @@ class LoadedModel:
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "step": self.step,
-                "bridge": hasattr(self.model, "bridge_model"), "max_frames": self.model.cfg.video.num_frames}
+                "bridge": hasattr(self.model, "bridge_model"),
+                "max_frames": self.model.cfg.video.num_frames if getattr(self.model.cfg.video, "temporal_attention",
+                                                                        False) else None}
 
 
 def load_model(path: str | Path, bridge: bool = False, frames: int | None = None,
                tokenizer: str | None = None) -> LoadedModel:
     """The model behind `path`, in eval mode on the CPU. `bridge=False` drops the BridgeFormer (retrieval needs
-    only the two encoders); `frames` raises the model's frame limit where nothing in it depends on the frame count
-    (MCQ has no temporal parameter); `tokenizer` is only used for original checkpoints, which do not carry one."""
+    only the two encoders); `frames` is the run's frame count, checked against a temporal table when the model has
+    one (MCQ has no frame-dependent parameter); `tokenizer` is only used for original checkpoints, which do not
+    carry one."""
     path = Path(path)
     if path.is_file():
         if path.suffix not in WEIGHT_SUFFIXES:
@@ -73,11 +76,9 @@ def load_model(path: str | Path, bridge: bool = False, frames: int | None = None
         loaded = LoadedModel(model, tok, "deepspeed", tag, step)
     else:
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if frames is not None and frames > loaded.model.cfg.video.num_frames:
-        if getattr(loaded.model.cfg.video, "temporal_attention", False):
-            raise ValueError(f"{path}: this model's temporal table has {loaded.model.cfg.video.num_frames} frames; "
-                             f"it cannot take {frames}")
-        loaded.model.cfg.video.num_frames = frames  # only a bound: the position table is tiled per frame
+    video = loaded.model.cfg.video
+    if frames is not None and frames > video.num_frames and getattr(video, "temporal_attention", False):
+        raise ValueError(f"{path}: this model's temporal table has {video.num_frames} frames; it cannot take {frames}")
     loaded.model.eval()
     return loaded
 
@@ -133,7 +134,7 @@ def _deepspeed(tag: Path, bridge: bool) -> tuple[MCQ | CLIPMCQ, PreTrainedTokeni
     cfg = _run_model_config(tag, client.get("config") or {})
     if not bridge:
         cfg.bridge = False
-        state = {k: v for k, v in state.items() if not k.startswith(_BRIDGE_PREFIXES)}
+        state = {k: v for k, v in state.items() if not k.startswith(BRIDGE_PREFIXES)}
     elif not cfg.bridge:
         raise ValueError(f"{tag}: this run trained without a BridgeFormer; attention maps need one")
     model = create_model(cfg)
@@ -151,9 +152,9 @@ def _run_model_config(tag: Path, train: dict):
             if cfg.text.tokenizer and not Path(cfg.text.tokenizer).is_absolute():
                 cfg.text.tokenizer = str(folder / cfg.text.tokenizer)
             return cfg
-    if not train.get("model"):
+    if not train.get("preset"):
         raise ValueError(f"{tag}: cannot tell the model's architecture: no {run / 'model'}/config.json, and the "
                          "checkpoint's training config names neither an --init folder that still exists nor a preset")
-    cfg = preset(train["model"])
+    cfg = preset(train["preset"])
     cfg.video.num_frames = max(cfg.video.num_frames, train.get("frames") or 1)
     return cfg

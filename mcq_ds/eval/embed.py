@@ -1,53 +1,23 @@
-"""Running the two encoders at evaluation time: device and precision choice, windows averaged per video,
-texts in batches, and the process group of a multi-GPU evaluation."""
+"""Running the two encoders at evaluation time: precision choice, windows averaged per video, texts in batches."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from ..data.batch import Batch, Tokens
+from ..loss import l2_normalise
 from ..model import MCQ
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    """`device` if given, else this rank's GPU (LOCAL_RANK) when there is one, else the CPU."""
-    if device:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size). Joins the process group a launcher (torchrun, deepspeed) describes in the environment;
-    a plain command is rank 0 of 1 and needs no group."""
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     dtype = PRECISIONS[precision]
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-def l2_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Unit rows, the norm clamped at `eps` as the original's `sim_matrix`."""
-    x = x.float()
-    return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
 @torch.no_grad()

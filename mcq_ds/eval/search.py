@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .embed import PRECISIONS, pick_device
+from ..runtime import pick_device
+from .embed import PRECISIONS
 from .extract import read_ids
 
 
@@ -104,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "('Flat', 'IVF4096,Flat', 'HNSW32', ...), built once and cached beside the embeddings")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="for the query encoder")
     parser.add_argument("--tokenizer", help="tokenizer for an original .pth checkpoint")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--device", help="torch device (default: this rank's GPU, LOCAL_RANK, when there is one, "
+                        "else the CPU)")
     parser.add_argument("--json", action="store_true", help="one JSON object per query instead of a table")
 
 
@@ -144,9 +145,3 @@ def run(args: argparse.Namespace) -> int:
             for rank, (i, s) in enumerate(found, 1):
                 print(f"  {rank:3d}  {s:+.4f}  {i}")
     return 0
-
-
-if __name__ == "__main__":  # the same as `mcq-ds search ...`
-    from ..cli import main
-
-    sys.exit(main(["search", *sys.argv[1:]]))

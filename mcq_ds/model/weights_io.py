@@ -7,13 +7,14 @@ its arguments, so the tensors load and nothing foreign runs.
 """
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..runtime import atomic_write
 
 
 class InertObject:
@@ -68,7 +69,4 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def save_safetensors_atomic(state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Writes next to the target and renames, so a crash never leaves a half-written model file behind."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp))

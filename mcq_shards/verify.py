@@ -10,11 +10,11 @@ import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from shards.manifest import MANIFEST, REJECTS, read_manifest
-from shards.tario import index_text, non_gnu_headers, samples, sha256_file, split_name
+from mcq_shards.manifest import MANIFEST, REJECTS, read_manifest
+from mcq_shards.reader import SampleEntry, SampleError, check_jpeg, members_sample, read_members, scan_tar
+from mcq_shards.tario import index_text, non_gnu_headers, sha256_file
 
 MEDIA_MEMBERS = ({"jpg", "json"}, {"jpgs", "offsets", "json"})
 
@@ -78,55 +78,47 @@ def _check_shard(shard, keys: set[str]) -> list[str]:
         problems.append(f"{name}: {size} bytes, manifest says {shard.bytes}")
     elif sha256_file(shard.path) != shard.sha256:
         problems.append(f"{name}: SHA-256 differs from the manifest")
+    entries, damage = scan_tar(str(shard.path))
+    if damage:
+        problems.append(f"{name}: {damage}; {len(entries)} samples readable before it")
     try:
-        bad = non_gnu_headers(shard.path)
-        if bad:
-            problems.append(f"{name}: {len(bad)} member headers are not GNU tar (DALI needs GNU), e.g. {bad[0]}")
-        count = 0
-        with open(shard.path, "rb") as raw:
-            for key, group in samples(shard.path):
-                count += 1
-                problems += [f"{name}: {key}: {p}" for p in _check_sample(raw, key, group, keys)]
-        expected_index = index_text(shard.path)
-    except (tarfile.TarError, ValueError, OSError) as err:
-        return problems + [f"{name}: unreadable: {err}"]
-    if count != shard.samples:
-        problems.append(f"{name}: {count} samples, manifest says {shard.samples}")
+        bad = non_gnu_headers(shard.path) if not damage else []
+    except (tarfile.TarError, OSError, EOFError) as err:
+        bad, damage = [], str(err)
+    if bad:
+        problems.append(f"{name}: {len(bad)} member headers are not GNU tar (DALI needs GNU), e.g. {bad[0]}")
+    with open(shard.path, "rb") as raw:
+        for entry in entries:
+            problems += [f"{name}: {entry.key}: {p}" for p in _check_sample(raw, entry, keys)]
+    if len(entries) != shard.samples:
+        problems.append(f"{name}: {len(entries)} readable samples, manifest says {shard.samples}")
     if not shard.index.is_file():
         problems.append(f"{shard.index.name}: missing")
-    elif shard.index.read_text(encoding="utf-8") != expected_index:
+    elif damage or shard.index.read_text(encoding="utf-8") != index_text(shard.path):
         problems.append(f"{shard.index.name}: does not match {name} (regenerate it with wds2idx)")
     return problems
 
 
-def _check_sample(raw, key: str, group: list[tarfile.TarInfo], keys: set[str]) -> list[str]:
+def _check_sample(raw, entry: SampleEntry, keys: set[str]) -> list[str]:
+    """What is wrong with one sample, by the same checks every loader makes (`mcq_shards.reader`), plus the json
+    fields the converter always writes."""
     problems = []
-    if key in keys:
+    if entry.key in keys:
         problems.append("duplicate key")
-    keys.add(key)
-    by_ext = {split_name(m.name)[1]: m for m in group}
-    if set(by_ext) not in MEDIA_MEMBERS:
-        return problems + [f"members {sorted(by_ext)}, expected {sorted(MEDIA_MEMBERS[0])} or {sorted(MEDIA_MEMBERS[1])}"]
+    keys.add(entry.key)
+    if set(entry.members) not in MEDIA_MEMBERS:
+        return problems + [f"members {sorted(entry.members)}, expected {sorted(MEDIA_MEMBERS[0])} or "
+                           f"{sorted(MEDIA_MEMBERS[1])}"]
     try:
-        meta = json.loads(_read(raw, by_ext["json"]))
-    except ValueError as err:
-        return problems + [f"json member is not valid JSON: {err}"]
-    if meta.get("key") != key:
-        problems.append(f"json key {meta.get('key')!r} differs from the member name")
+        sample = members_sample(entry.key, read_members(raw, entry))
+        for i in range(sample.num_stored):
+            check_jpeg(sample, i)
+    except SampleError as err:
+        return problems + [str(err)]
     for field in ("caption", "nouns", "verbs", "source", "id", "media"):
-        if field not in meta:
+        if field not in sample.meta:
             problems.append(f"json lacks {field!r}")
-    if "offsets" in by_ext:
-        offsets = np.frombuffer(_read(raw, by_ext["offsets"]), "<i4")
-        if (len(offsets) != meta.get("num_frames", -1) + 1 or offsets[0] != 0 or np.any(np.diff(offsets) <= 0)
-                or offsets[-1] != by_ext["jpgs"].size):
-            problems.append("offsets do not describe the jpgs member and num_frames")
     return problems
-
-
-def _read(raw, info: tarfile.TarInfo) -> bytes:
-    raw.seek(info.offset_data)
-    return raw.read(info.size)
 
 
 def _check_rejects(directory: Path, expected: int) -> list[str]:

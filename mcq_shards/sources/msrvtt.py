@@ -1,6 +1,6 @@
 """MSR-VTT: ``MSR_VTT.json`` + the JSFusion (1k-A) split lists + the test caption index, videos in ``videos/all``.
 
-``--split test`` gives exactly the 1,000 standard 1k-A pairs (SPEC §3.6): the videos of
+``--split test`` gives exactly the 1,000 standard 1k-A pairs: the videos of
 ``val_list_jsfusion.txt``, each with the one caption that ``jsfusion_val_caption_idx.pkl`` picks
 from its captions in ``MSR_VTT.json`` order. ``--split train`` gives the 9,000 videos of
 ``train_list_jsfusion.txt`` with all their captions (the loader draws one per step, as the original).
@@ -19,8 +19,8 @@ import pickle
 from pathlib import Path
 from typing import Iterator
 
-from shards.sources import Row, make_key
-from shards.tables import InputError, read_json, read_lines, read_table
+from mcq_shards.sources import Row, make_key
+from mcq_shards.tables import InputError, read_json, read_lines, read_table
 
 SPLIT_LISTS = {"train": "train_list_jsfusion.txt", "test": "val_list_jsfusion.txt"}
 CAPTION_INDEX = "jsfusion_val_caption_idx.pkl"

@@ -1,6 +1,6 @@
 """Media normalised for fast decoding: images as one JPEG, videos as a stack of JPEG frames.
 
-Why a JPEG stack for video (measured with ``python -m shards.bench_formats``, table in the README):
+Why a JPEG stack for video (measured with ``python -m mcq_shards.bench_formats``, table in the README):
 DALI decodes JPEG on the CPU and with nvJPEG on the GPU, any frame decodes on its own, so a loader
 picks its frames before decoding by byte range, and on the CPU it decoded 3-7x more frames per
 second than VP9 clips and 2-4x more than MJPEG clips of the same frames at equal quality. The price
@@ -24,7 +24,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image
 
-from shards.frames import stored_frame_count, stored_frame_times
+from mcq_shards.frames import stored_frame_count, stored_frame_times
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
 VIDEO_EXTENSIONS = frozenset({"mp4", "webm", "avi", "mkv", "mov", "m4v", "mpg", "mpeg", "flv", "wmv", "ogv"})

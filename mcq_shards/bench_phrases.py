@@ -1,4 +1,4 @@
-"""What the stored phrases make of MCQ's questions: ``python -m shards.bench_phrases CAPTIONS...``.
+"""What the stored phrases make of MCQ's questions: ``python -m mcq_shards.bench_phrases CAPTIONS...``.
 
 For each caption file (``.txt``: one caption a line; ``.csv``: its ``name`` or ``caption`` column; ``.tsv``: the
 first column) and each noun-phrase source of the converter (``--phrases spacy`` and ``textblob``), it prints how
@@ -18,7 +18,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from shards.phrases import PhraseParser, fast_np_phrases
+from mcq_shards.phrases import PhraseParser, fast_np_phrases
 
 ARTICLES = {"a", "an", "the"}
 

@@ -11,10 +11,10 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from shards.media import media_kind
-from shards.sources import Member, Row, make_key
-from shards.tables import InputError
-from shards.tario import samples, split_name
+from mcq_shards.media import media_kind
+from mcq_shards.sources import Member, Row, make_key
+from mcq_shards.tables import InputError
+from mcq_shards.tario import samples, split_name
 
 
 def read(shards: Iterable[Path], source: str) -> Iterator[Row]:

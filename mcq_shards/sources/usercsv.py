@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from shards.media import media_kind
-from shards.sources import Row, make_key
-from shards.tables import read_table
+from mcq_shards.media import media_kind
+from mcq_shards.sources import Row, make_key
+from mcq_shards.tables import read_table
 
 
 def read(csv_path: Path, root: Path, path_column: str = "path", caption_column: str = "caption",

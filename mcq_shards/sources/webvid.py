@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from shards.sources import Row, make_key
-from shards.tables import read_table
+from mcq_shards.sources import Row, make_key
+from mcq_shards.tables import read_table
 
 
 def read(csv_path: Path, videos: Path) -> Iterator[Row]:

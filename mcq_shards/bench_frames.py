@@ -1,10 +1,10 @@
-"""How far the training frames' times are from the original's: ``python -m shards.bench_frames``.
+"""How far the training frames' times are from the original's: ``python -m mcq_shards.bench_frames``.
 
 The original read each clip with OpenCV at its own frame rate and took, in each of F equal segments of its frames, a
 uniform index in ``[lo, hi - 2]`` (then read index - 1). mcq-shards stores a grid of frames (``--fps``, within
 ``[--min-frames, --max-frames]``); a loader picks from it either by the same rule over the stored frames (the
 ``stored`` rule, mcq-ds before) or at the original's instants rounded to the nearest stored frame (the ``time``
-rule, :func:`shards.frames.time_frames`). For clip lengths 5-30 s this prints, per rule and storage grid, the
+rule, :func:`mcq_shards.frames.time_frames`). For clip lengths 5-30 s this prints, per rule and storage grid, the
 Wasserstein-1 distance between the distribution of sampled times and the original's (exact, every index
 enumerated; mean over segments, in seconds and in % of a segment), the share at the end of each segment that is
 never shown, and the stored frames and bytes per clip (at the JPEG q80 size per 256-px frame the format benchmark
@@ -18,9 +18,9 @@ import math
 
 import numpy as np
 
-from shards.frames import nearest_stored, segment_bounds, stored_frame_count, stored_frame_times
+from mcq_shards.frames import nearest_stored, segment_bounds, stored_frame_count, stored_frame_times
 
-KIB_PER_FRAME = 18.4  # JPEG q80, short side 256 (python -m shards.bench_formats)
+KIB_PER_FRAME = 18.4  # JPEG q80, short side 256 (python -m mcq_shards.bench_formats)
 
 
 def stored_grid(duration: float, source_fps: float, fps: float, min_frames: int, max_frames: int) -> list[float]:

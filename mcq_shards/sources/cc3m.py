@@ -6,7 +6,7 @@ Download tools name the images in one of two ways, both read here:
 * the CC3M download script used by Frozen-in-Time: ``<images>/<crc32(url)>``, with or without an
   extension.
 
-(img2dataset's ``webdataset`` output is read by :mod:`shards.sources.wds` instead.) The key is the row
+(img2dataset's ``webdataset`` output is read by :mod:`mcq_shards.sources.wds` instead.) The key is the row
 number, ``cc3m-%09d``, which is also img2dataset's key, so both layouts give the same keys.
 """
 
@@ -18,8 +18,8 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from shards.sources import Row
-from shards.tables import InputError, read_table
+from mcq_shards.sources import Row
+from mcq_shards.tables import InputError, read_table
 
 PER_FOLDER = 10_000  # img2dataset's default number_sample_per_shard
 

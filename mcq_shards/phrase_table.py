@@ -24,8 +24,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shards.tables import InputError, read_table
-from shards.tario import sha256_file
+from mcq_shards.tables import InputError, read_table
+from mcq_shards.tario import sha256_file
 
 LAYOUTS = (".jsonl", ".csv", ".tsv")
 

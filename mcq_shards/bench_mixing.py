@@ -1,4 +1,4 @@
-"""How mixed the training batches are: ``python -m shards.bench_mixing`` prints, for input sorted by a group column
+"""How mixed the training batches are: ``python -m mcq_shards.bench_mixing`` prints, for input sorted by a group column
 (as WebVid's CSV is sorted by ``page_dir``, 50 related clips a page), the share of in-batch sample pairs that share
 a group, for shards converted in input order and in the converter's global shuffle, next to a real global shuffle
 (a DistributedSampler-style permutation of the whole set every epoch) and its expected value.
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shards.convert import Options, convert
-from shards.sources import usercsv
+from mcq_shards.convert import Options, convert
+from mcq_shards.sources import usercsv
 
 
 def build_csv(root: Path, rows: int, group: int) -> Path:

@@ -1,0 +1,102 @@
+"""Where a process runs: its place in a distributed job, its device, and files written so a crash never leaves half.
+
+One helper per idea, used by training, evaluation and the loaders alike:
+
+* `distributed_position`: (rank, world size) without joining anything (the loaders' split);
+* `init_distributed`: join the process group a launcher (`deepspeed`, `torchrun`) describes in the environment;
+* `next_on_every_rank`: the next batch, or the same error on every rank;
+* `pick_device`: the device a command runs on;
+* `atomic_write` / `write_text_atomic`: write beside the target and rename over it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def distributed_position(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world size): the arguments when given, else torch.distributed's, else RANK/WORLD_SIZE, else (0, 1)."""
+    if rank is None or world_size is None:
+        if dist.is_available() and dist.is_initialized():
+            found = dist.get_rank(), dist.get_world_size()
+        else:
+            found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank = found[0] if rank is None else rank
+        world_size = found[1] if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size}")
+    return rank, world_size
+
+
+def init_distributed(device: torch.device, always: bool = False) -> tuple[int, int]:
+    """(rank, world size) after joining the launcher's process group (NCCL on a GPU, gloo on the CPU).
+
+    A plain command (no launcher, or WORLD_SIZE=1) needs no group and gets (0, 1), unless `always`: the DeepSpeed
+    engine needs a group even alone, so it becomes a 1-rank group on a free port of 127.0.0.1."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not always:
+        return 0, 1
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def control_group() -> dist.ProcessGroup | None:
+    """A process group for small host-side messages: the default group when it is gloo, else a gloo group beside
+    it, so that a flag travels without touching (or synchronising with) a GPU. Collective: every rank calls it."""
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+def next_on_every_rank(iterator: Iterator, group: dist.ProcessGroup | None = None) -> Any:
+    """`next(iterator)` on every rank, or the same error on every rank. A rank whose loader fails (most often
+    `TooManySkips`: its shards are damaged) would otherwise leave the others waiting in the step's collectives until
+    a timeout; here every rank learns of it at the same step, at the cost of one 4-byte all-reduce on the CPU."""
+    try:
+        item, failure = next(iterator), None
+    except Exception as err:  # any loader failure: the other ranks must hear of it before they wait on this one
+        item, failure = None, err
+    flag = torch.tensor([failure is not None], dtype=torch.int32)
+    dist.all_reduce(flag, group=group)
+    if flag.item():
+        messages: list = [None] * dist.get_world_size(group)
+        mine = None if failure is None else f"rank {dist.get_rank()}: {type(failure).__name__}: {failure}"
+        dist.all_gather_object(messages, mine, group=group)
+        if failure is not None:
+            raise failure
+        raise RuntimeError("stopping: " + "; ".join(m for m in messages if m))
+    return item
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """`device` if given, else this rank's GPU (LOCAL_RANK) when there is one, else the CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` writes the content to a temporary path beside `path`, which then replaces `path` in one rename:
+    a reader (or a resumed run) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
