@@ -14,8 +14,8 @@ frames stay on the GPU; ``"cpu"``: ``device_id=None``, which is what CI runs). P
    pipeline for good, and it tokenises the batch's captions, questions and answers (padded to the batch's
    longest, so DALI's iterator gets dense tensors). Its cost is measured by ``mcq_ds/bench/dali.py``.
 3. ``fn.decoders.image_slice`` decodes only the crop window of each chosen frame, ``fn.stack`` makes the clip,
-   ``fn.resize`` brings it to ``img_size`` and ``fn.crop_mirror_normalize`` flips and normalises it on the
-   decoder's device into ``(F, 3, H, W)``.
+   ``fn.resize`` brings it to ``img_size`` and ``fn.crop_mirror_normalize`` flips it on the decoder's device into
+   ``(F, 3, H, W)`` uint8; the engine normalises on its device (``Batch.to``), as for the reference loader.
 
 A sample that fails the host step's checks is decoded as a placeholder, dropped after the pipeline and
 counted in ``Batch.skipped``; the batch is filled from the next samples, so every batch has ``batch_size``
@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .batch import NORMALISATION, Batch, Tokens
+from .batch import Batch, Tokens
 from .loader import LoaderConfig, ShardInfo, Skip, _SkipLog, distributed_position, resolve_shards
 from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts
 from .sampling import CropBox, draw, sample_seed
@@ -235,7 +235,6 @@ def build_pipeline(config: LoaderConfig, files: list[ShardInfo], epoch: int, ran
     from nvidia.dali import fn, pipeline_def, types
 
     cfg = config
-    mean, std = NORMALISATION[cfg.normalisation]
     host = HostStep(cfg, epoch, questions)
     files = epoch_shards(files, cfg.seed, epoch, cfg.train)
 
@@ -255,8 +254,7 @@ def build_pipeline(config: LoaderConfig, files: list[ShardInfo], epoch: int, ran
                   for e in encoded]
         video = fn.stack(*frames, axis_name="F")
         video = fn.resize(video, size=[cfg.img_size, cfg.img_size], antialias=True)
-        video = fn.crop_mirror_normalize(video, mirror=rest["flip"], dtype=types.FLOAT, output_layout="FCHW",
-                                         mean=[255 * m for m in mean], std=[255 * s for s in std])
+        video = fn.crop_mirror_normalize(video, mirror=rest["flip"], dtype=types.UINT8, output_layout="FCHW")
         return (video, *(rest[name] for name in HostStep.OUTPUTS[2:]))
 
     return pipeline(checkpoint=checkpoint)
@@ -460,4 +458,4 @@ class DaliLoader:
             video=data["video"], text=tokens("text"), question=tokens("question") if questions else None,
             answer=tokens("answer") if questions else None, keys=strings(data["keys"]),
             kinds=[KINDS[k] for k in data["kinds"].tolist()] if questions else [], source=self.config.source,
-            skipped=skipped, extra=extra)
+            skipped=skipped, extra=extra, normalisation=self.config.normalisation)

@@ -4,7 +4,7 @@ It defines the batch contract the DALI pipeline also meets, and it is what `mcq-
 from. The worker side is a chain of stages, each turning a failure into a counted `Skip` instead of an exception:
 
     read (tar samples at planned positions) → prepare (json, `sampling.draw`, cut out the chosen JPEG frames, the
-    question) → shuffle within blocks → render (decode, crop, resize, flip, pad) → batch (+ tokenise, normalise)
+    question) → shuffle within blocks → render (decode, crop, resize, flip, pad) → batch (uint8 pixels + tokenise)
 
 How the data is split (`ShardLoader` docstring has the reasons):
 
@@ -51,7 +51,7 @@ from shards.tario import samples as tar_samples
 from .batch import NORMALISATION, Batch, Tokens
 from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts
 from .sampling import SampleDraws, draw, sample_seed
-from .transforms import normalise, pad_frames, render_clip
+from .transforms import pad_frames, render_clip
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -474,7 +474,13 @@ class ShardStream(IterableDataset):
     def _collate(self, samples: list[_Sample], skipped: int) -> dict:
         cfg = self.cfg
         captions = [s.caption for s in samples]
-        video = normalise([s.video for s in samples], cfg.normalisation)
+        # uint8 pixels, normalised on the training device (`Batch.to`). Stored channels-last, the layout the resize
+        # leaves the clips in, so filling the batch is a plain copy; the device makes it contiguous as it normalises.
+        frames, channels, height, width = samples[0].video.shape
+        pixels = torch.empty((len(samples), frames, height, width, channels), dtype=torch.uint8)
+        for row, sample in zip(pixels, samples):
+            row.copy_(sample.video.permute(0, 2, 3, 1))
+        video = pixels.permute(0, 1, 4, 2, 3)
         question = answer = None
         if cfg.questions:
             tokens = tokenize_texts(cfg.tokenizer, captions, [s.qa.question for s in samples],
@@ -490,7 +496,7 @@ class ShardStream(IterableDataset):
             extra["captions"] = [s.captions for s in samples]
         return dict(video=video, text=text, question=question, answer=answer, keys=[s.key for s in samples],
                     kinds=[s.qa.kind for s in samples] if cfg.questions else [], source=cfg.source,
-                    skipped=skipped, extra=extra)
+                    skipped=skipped, extra=extra, normalisation=cfg.normalisation)
 
 
 def _shuffle_blocks(items: Iterable, size: int, rng_for: Callable[[int], random.Random], first: int) -> Iterator:

@@ -17,10 +17,10 @@ from .stages import STAGES
 DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
 
 
-def _opt(default: Any, help: str) -> Any:
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     if isinstance(default, dict):
         return field(default_factory=dict, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
@@ -45,8 +45,13 @@ class TrainConfig:
     temperature: float | None = _opt(None, "contrastive temperature τ (default: the stage's, 0.05; CLIP stages 0.01)")
     ds_config: str | None = _opt(None, "DeepSpeed JSON (a path or a name in ds_configs/; default: "
                                  "cpu_fp32.json on CPU, zero1_bf16.json on GPU)")
-    grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on with a GPU)")
-    compile: bool = _opt(False, "torch.compile every transformer block")
+    optimizer: str = _opt("torch", "AdamW implementation when the DeepSpeed JSON has no optimizer section: torch "
+                          "(PyTorch's fused AdamW, nothing to compile) | deepspeed (DeepSpeed's FusedAdam, or CPU Adam "
+                          "with offload: compiled at start-up unless prebuilt, see README)",
+                          choices=("torch", "deepspeed"))
+    grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on only when the "
+                                           "step's estimated memory does not fit the GPU's free memory; off on CPU)")
+    compile: bool = _opt(False, "torch.compile every transformer block (under ZeRO-3: DeepSpeed's engine.compile())")
     hflip: bool = _opt(True, "random horizontal flip in training (off for captions that say left/right)")
     loader: str = _opt("torch", "torch (webdataset workers) | dali (NVIDIA DALI, GPU decoding when a GPU is there)")
     workers: int = _opt(4, "data-loading workers per rank")
@@ -97,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=int, nargs="*", default=None, help=f.metadata["help"])
         else:
             kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None, help=f.metadata["help"])
+            parser.add_argument(flag, type=kind, default=None, choices=f.metadata.get("choices"),
+                                help=f.metadata["help"])
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:
@@ -116,6 +122,10 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         raise ValueError(f"{args.config}: unknown training options {sorted(unknown)}")
     if values.get("resume") in ("none", "None", ""):
         values["resume"] = None
+    for f in dataclasses.fields(TrainConfig):  # a config file's values meet the same choices as the flags
+        choices = f.metadata.get("choices")
+        if choices and f.name in values and values[f.name] not in choices:
+            raise ValueError(f"{args.config}: {f.name} must be one of {', '.join(choices)}, got {values[f.name]!r}")
     cfg = TrainConfig(**values)
     cfg.stage_defaults()
     return cfg

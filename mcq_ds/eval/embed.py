@@ -13,17 +13,16 @@ from tqdm import tqdm
 
 from ..data.batch import Batch, Tokens
 from ..model import MCQ
+from ..runtime import use_local_device
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """`device` if given, else this rank's GPU (LOCAL_RANK) when there is one, else the CPU."""
+    """`device` if given, else this rank's device (`runtime.use_local_device`: its GPU, made current, or the CPU)."""
     if device:
         return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    return use_local_device()
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
