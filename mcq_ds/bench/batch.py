@@ -78,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
         "before_training_thread_cast_to_bf16_ms": best_ms(lambda: floats.to(torch.bfloat16), args.repeats),
         "before_bytes_through_ipc_and_pinning": floats.nbytes,
         "now_worker_stack_ms": best_ms(lambda: uint8_batch(samples), args.repeats, threads=1),
-        "now_training_thread_ms": 0.0,
         "now_bytes_through_ipc_pinning_and_pcie": pixels.nbytes,
         "now_device_normalise_to_bf16_ms_on_this_cpu": best_ms(
             lambda: normalise(pixels, "imagenet", torch.bfloat16), args.repeats),

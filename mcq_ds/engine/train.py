@@ -162,9 +162,11 @@ def train(cfg: TrainConfig) -> Path:
     factor = step_decay(milestones) if cfg.schedule == "step" else warmup_cosine(cfg.warmup_steps, total_steps)
     optimizer = None if "optimizer" in ds else optim.torch_adamw(model.parameters(), cfg.lr)
     ops_before = report.loaded_deepspeed_ops()
+    # DeepSpeed would set the device from LOCAL_RANK again; `device_rank` makes it take ours (the same GPU, or the one
+    # GPU a per-task CUDA_VISIBLE_DEVICES leaves, which LOCAL_RANK would overshoot)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds,
-        args=argparse.Namespace(device_rank=device.index) if on_gpu else None,
+        args=argparse.Namespace(device_rank=device.index if on_gpu else int(os.environ["LOCAL_RANK"])),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
     facts = report.describe(engine, device, loaders, ops_before, checkpointing, "off", cfg.frames)
     if cfg.compile:  # after the report's forward, which runs without gradients: no graph is compiled for it

@@ -15,7 +15,11 @@ from ..data.batch import Batch, Tokens
 from ..model import MCQ
 from ..runtime import use_local_device
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Weights stay fp32 in "tf32" and "fp32". "tf32" lets a GPU run the fp32 matrix products on TF32 tensor cores
+# (inputs rounded to a 10-bit mantissa, sums in fp32), as the original's evaluation ran on A100s under torch 1.7.1,
+# whose default that was; "fp32" is IEEE fp32 throughout. On a CPU the two are the same. "bf16"/"fp16": autocast.
+PRECISIONS = {"tf32": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_PRECISION = "tf32"
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -38,9 +42,23 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """The precision of an evaluation pass (see PRECISIONS), restored afterwards."""
     dtype = PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+    if dtype is not None:
+        with torch.autocast(device.type, dtype=dtype):
+            yield
+        return
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def l2_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -51,7 +69,7 @@ def l2_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 @torch.no_grad()
 def embed_windows(model: MCQ, video: torch.Tensor, window_owner: torch.Tensor, count: int, device: torch.device,
-                  precision: str = "fp32") -> torch.Tensor:
+                  precision: str = DEFAULT_PRECISION) -> torch.Tensor:
     """(count, D) video embeddings on the CPU, fp32, not normalised: the mean over each video's windows (rows of
     `video` whose `window_owner` is that video), as the original averages windows before the cosine."""
     with autocast(device, precision):
@@ -61,7 +79,7 @@ def embed_windows(model: MCQ, video: torch.Tensor, window_owner: torch.Tensor, c
 
 
 @torch.no_grad()
-def embed_batch(model: MCQ, batch: Batch, device: torch.device, precision: str = "fp32"
+def embed_batch(model: MCQ, batch: Batch, device: torch.device, precision: str = DEFAULT_PRECISION
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(video, text) embeddings of an evaluation batch, on the CPU, fp32, not normalised."""
     window_owner = batch.extra.get("window_owner", torch.arange(len(batch)))
@@ -78,7 +96,7 @@ def batched(items: Sequence, size: int) -> Iterator[Sequence]:
 
 @torch.no_grad()
 def embed_texts(model: MCQ, tokenizer, texts: Sequence[str], device: torch.device, batch_size: int = 256,
-                precision: str = "fp32", progress: bool = False) -> np.ndarray:
+                precision: str = DEFAULT_PRECISION, progress: bool = False) -> np.ndarray:
     """L2-normalised text embeddings (N, D) float32, in the order of `texts`."""
     out = []
     for chunk in tqdm(list(batched(texts, batch_size)), desc="texts", unit="batch", disable=not progress):
