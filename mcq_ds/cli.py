@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(func=module.run)
 
-    p = sub.add_parser("bench-model", help="forward+backward speed and peak memory of one training step",
+    p = sub.add_parser("bench-model", help="forward+backward speed, MFU and peak memory of one training step",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_bench_model)

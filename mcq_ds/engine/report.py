@@ -5,8 +5,9 @@
 
 * the device of every rank (`LOCAL_RANK` → `cuda:N`), the CUDA device that is current, the engine's device and the
   device each loader decodes on;
-* the optimizer DeepSpeed ended up with (class, fused or not, the wrapper around it) and the DeepSpeed ops that
-  `deepspeed.initialize` loaded (each a C++/CUDA compile unless prebuilt);
+* the optimizer DeepSpeed ended up with (class, PyTorch's `fused` flag, the wrapper around it) and the DeepSpeed ops
+  that `deepspeed.initialize` loaded, and which of those were not prebuilt (JIT-compiled then, or taken from a
+  previous JIT build in torch's extension cache);
 * the precision of the weights, of gradient accumulation and of gradient communication, and how gradients are
   reduced (overlapped with backward or after it);
 * the attention kernel PyTorch's dispatcher picks for each attention site of the model (FlashAttention, the
@@ -138,7 +139,7 @@ def describe(engine, device: torch.device, loaders: Mapping, ops_before: set[str
         "engine_device": str(engine.device),
         "loaders": {source: _loader_device(loader) for source, loader in loaders.items()},
         "optimizer": f"{type(basic).__module__}.{type(basic).__qualname__}",
-        "optimizer_fused": bool(basic.defaults.get("fused")) if hasattr(basic, "defaults") else None,
+        "optimizer_fused": basic.defaults["fused"] if "fused" in getattr(basic, "defaults", {}) else None,
         "optimizer_wrapper": type(engine.optimizer).__qualname__,
         "deepspeed_ops_loaded_by_initialize": new_ops,
         "deepspeed_ops_compiled_by_initialize": [op for op in new_ops if not installed_ops.get(op)],
