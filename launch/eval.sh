@@ -19,4 +19,4 @@ fi
 GPUS=${GPUS:-$("$MCQ_PYTHON" -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 exec "$MCQ_PYTHON" -m torch.distributed.run --nproc_per_node "$GPUS" --nnodes "${NNODES:-1}" \
   --node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29511}" \
-  -m mcq_ds.eval.retrieval "$@"
+  -m mcq_ds.cli eval "$@"

@@ -1,7 +1,8 @@
-"""One config object for every size in the model, plus the named presets.
+"""Every model config as plain data: the MCQ model (`MCQConfig`) and the CLIP-initialised one (`CLIPMCQConfig`).
 
-A config is plain data: it round-trips through JSON (`config.json` next to every exported model and checkpoint),
-so a model can always be rebuilt from its folder without the code that trained it.
+A config round-trips through JSON (`config.json` next to every exported model and checkpoint), so a model can always
+be rebuilt from its folder without the code that trained it. Named presets and the factories that build a model or
+tokenizer from a config live in `mcq_ds.model.presets`; nothing here imports the model code.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, ClassVar
 
 @dataclass
 class VideoConfig:
-    """The VideoFormer: a ViT applied per frame, with one global [CLS] (SPEC §1.2)."""
+    """The VideoFormer: a ViT applied per frame, with one global [CLS], as the original MCQ."""
 
     img_size: int = 224
     patch_size: int = 16
@@ -22,10 +23,13 @@ class VideoConfig:
     depth: int = 12
     heads: int = 12
     mlp_ratio: float = 4.0
-    num_frames: int = 4  # the most frames an input may have; fewer are allowed
+    # With temporal_attention, the rows of the temporal position table: the most frames the model takes. Without it
+    # the model has no frame-dependent parameter and takes any number; this is then only the frame count its
+    # evaluation uses by default (a run's own choice is `mcq-ds train --frames`, `mcq-ds eval --frames`).
+    num_frames: int = 4
     qkv_bias: bool = True
     ln_eps: float = 1e-6
-    # Frozen-in-Time divided space-time attention (SPEC §1.3): zero-initialised temporal attention and a temporal
+    # Frozen-in-Time divided space-time attention: zero-initialised temporal attention and a temporal
     # position table. Off in MCQ, whose encoder cannot see frame order.
     temporal_attention: bool = False
 
@@ -90,37 +94,72 @@ def _build(klass: type, d: dict[str, Any], section: str) -> Any:
     return klass(**d)
 
 
-# DistilBERT-base-uncased: 6 layers, 768 wide (SPEC §1.4).
-DISTILBERT_BASE = dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072, vocab_size=30522,
-                       max_position_embeddings=512)
+BPE_VOCAB_SIZE = 49408  # CLIP's BPE: 256 bytes + 256 end-of-word bytes + 48,894 merges + start/end of text
 
 
-def preset(name: str) -> Any:
-    """Named model sizes: `base` is the paper's model, `tiny` trains on a laptop CPU in minutes; the `clip-*` names
-    give a `CLIPMCQConfig`, the CLIP-initialised model (model/clip.py)."""
-    if name in CLIP_PRESETS:
-        from .model.clip import clip_preset
+@dataclass
+class CLIPVisionConfig:
+    """CLIP's visual tower (OpenAI ViT-B/32 by default)."""
 
-        return clip_preset(name)
-    if name == "base":  # ViT-B/16 + DistilBERT, 256-d embeddings
-        return MCQConfig(video=VideoConfig(), text=TextConfig(arch=dict(DISTILBERT_BASE)), embed_dim=256)
-    if name == "tiny":
-        return MCQConfig(
-            video=VideoConfig(img_size=64, patch_size=16, width=128, depth=4, heads=4, num_frames=4),
-            text=TextConfig(arch=dict(dim=128, n_layers=2, n_heads=4, hidden_dim=512, vocab_size=30522,
-                                      max_position_embeddings=128), max_length=64),
-            embed_dim=64,
-        )
-    if name == "demo":  # the tiny VideoFormer + the real pre-trained all-MiniLM-L6-v2 text encoder (a package ships
-        # it): from scratch, text encoders this small give a near-constant [CLS] and the contrastive loss settles at
-        # chance within the demo's few minutes
-        from .model.text_former import default_vocab
+    img_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    # Frames the pipelines feed by default (8 in the released MCQ-CLIP evaluation). The tower has no temporal
+    # parameter, so any number of frames works.
+    num_frames: int = 8
 
-        cfg = preset("tiny")
-        cfg.text = TextConfig(pretrained=str(default_vocab().parent), max_length=64)
-        return cfg
-    raise ValueError(f"unknown model preset '{name}'; choose one of {PRESETS + CLIP_PRESETS}")
+    @property
+    def patches_per_frame(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
 
 
-PRESETS = ("base", "tiny", "demo")
-CLIP_PRESETS = ("clip-b32", "clip-b16", "clip-tiny")
+@dataclass
+class CLIPTextConfig:
+    """CLIP's causal text transformer. `tokenizer` is a folder written by `save_pretrained`; None builds CLIP's BPE
+    tokenizer from the vocabulary in the open_clip_torch wheel."""
+
+    vocab_size: int = BPE_VOCAB_SIZE + 1  # CLIP's BPE tokens + [MASK] for the MCQ questions
+    max_length: int = 77  # the context length: rows of the position table, and the tokenizer's limit
+    width: int = 512
+    depth: int = 12
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    tokenizer: str | None = None
+
+
+@dataclass
+class CLIPMCQConfig:
+    video: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
+    text: CLIPTextConfig = field(default_factory=CLIPTextConfig)
+    embed_dim: int = 512  # CLIP's own projections are the heads
+    quick_gelu: bool = True  # OpenAI's weights use QuickGELU; most LAION/DataComp open_clip weights use GELU
+    bridge: bool = True  # False builds the retrieval model only
+    grad_checkpointing: bool = False
+    family: str = "clip"  # tells model folders of this model from MCQ ones (`load_pretrained`)
+    normalisation: ClassVar[str] = "clip"  # the pixel statistics CLIP was trained with (data.batch.NORMALISATION)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CLIPMCQConfig":
+        d = dict(d)
+        if d.get("family", "clip") != "clip":
+            raise ValueError(f"not a CLIP model config (family '{d['family']}')")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown CLIP model config keys: {sorted(unknown)}")
+        video = _build(CLIPVisionConfig, d.pop("video", {}), "video")
+        text = _build(CLIPTextConfig, d.pop("text", {}), "text")
+        return cls(video=video, text=text, **d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def model_config_from_dict(d: dict[str, Any]) -> MCQConfig | CLIPMCQConfig:
+    """The config of a `config.json`; its `family` ("clip") says which model it builds (none: MCQ)."""
+    return CLIPMCQConfig.from_dict(d) if d.get("family") == "clip" else MCQConfig.from_dict(d)

@@ -1,4 +1,4 @@
-"""Symmetric InfoNCE with negatives from the whole global batch (SPEC §2.6–2.7).
+"""Symmetric InfoNCE with negatives from the whole global batch, for both MCQ terms (video-text and bridge-answer).
 
 For embeddings ``a`` (rows) and ``b`` (columns) of N pairs, S is their cosine-similarity matrix and
 
@@ -66,10 +66,10 @@ def all_gather_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None
     return _AllGatherWithGrad.apply(x, group)
 
 
-def _normalize(x: torch.Tensor) -> torch.Tensor:
+def l2_normalise(x: torch.Tensor) -> torch.Tensor:
     """Unit rows in at least fp32 (bf16 logits over 1/τ = 20 would lose the loss's precision); the
     norm is clamped at 1e-8 like the original ``sim_matrix``, so a zero row gives zero similarity
-    instead of NaN."""
+    instead of NaN. Training, evaluation and extraction all normalise with it."""
     x = x.to(torch.promote_types(x.dtype, torch.float32))
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
@@ -94,7 +94,7 @@ def _two_way_ce(
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
     """Symmetric InfoNCE L of the pairs (a[i], b[i]) with the rest of this batch as negatives."""
-    a, b = _normalize(a), _normalize(b)
+    a, b = l2_normalise(a), l2_normalise(b)
     return _two_way_ce(a, b, a, b, 0, temperature)
 
 
@@ -111,7 +111,7 @@ def distributed_info_nce(
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return info_nce(a, b, temperature)
-    a, b = _normalize(a), _normalize(b)
+    a, b = l2_normalise(a), l2_normalise(b)
     a_all, b_all = all_gather_with_grad(a, group), all_gather_with_grad(b, group)
     return _two_way_ce(a, b, a_all, b_all, dist.get_rank(group) * len(a), temperature)
 

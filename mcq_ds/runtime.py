@@ -1,17 +1,106 @@
-"""Where this process runs: the device of this rank, chosen once, before anything touches CUDA.
+"""Where a process runs: its place in a distributed job, its device, and files written so a crash never leaves half.
+
+One helper per idea, used by training, evaluation and the loaders alike:
+
+* `distributed_position`: (rank, world size) without joining anything (the loaders' split);
+* `init_distributed`: join the process group a launcher (`deepspeed`, `torchrun`) describes in the environment;
+* `next_on_every_rank`: the next batch, or the same error on every rank;
+* `local_device` / `pick_device`: the device of this rank, chosen once, before anything touches CUDA;
+* `atomic_write` / `write_text_atomic`: write beside the target and rename over it.
 
 A launcher (`deepspeed`, `torchrun`, SLURM) starts one process per GPU and tells each its place on the machine in
-`LOCAL_RANK`. Nothing else sets the CUDA device for us: `deepspeed.init_distributed` does not, and a loader, a
-DALI pipeline or a tensor made on "cuda" before `torch.cuda.set_device` lands on GPU 0 — with 8 ranks, eight CUDA
-contexts and eight DALI pools on one GPU and copies between GPUs for the other seven. So every entry point calls
-`use_local_device()` first and hands the device it returns to everything it builds.
+`LOCAL_RANK`. Nothing else sets the CUDA device for us: `deepspeed.init_distributed` does not, and a loader, a DALI
+pipeline or a tensor made on "cuda" before `torch.cuda.set_device` lands on GPU 0 (with 8 ranks: eight CUDA
+contexts and eight DALI pools on one GPU, and copies between GPUs for the other seven). So every command calls
+`pick_device()` first and hands the device it returns to everything it builds.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
+
+
+def distributed_position(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world size): the arguments when given, else torch.distributed's, else RANK/WORLD_SIZE, else (0, 1)."""
+    if rank is None or world_size is None:
+        if dist.is_available() and dist.is_initialized():
+            found = dist.get_rank(), dist.get_world_size()
+        else:
+            found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank = found[0] if rank is None else rank
+        world_size = found[1] if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size}")
+    return rank, world_size
+
+
+def init_distributed(device: torch.device, always: bool = False) -> tuple[int, int]:
+    """(rank, world size) after joining the launcher's process group (NCCL on a GPU, gloo on the CPU).
+
+    A plain command (no launcher, or WORLD_SIZE=1) needs no group and gets (0, 1), unless `always`: the DeepSpeed
+    engine needs a group even alone, so it becomes a 1-rank group that listens on no network interface: torch's TCP
+    store would listen on all of them whatever MASTER_ADDR says, so that group keeps its store in memory, and gloo
+    (and NCCL) are pointed at the loopback interface unless the user chose one."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not always:
+        return 0, 1
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "RANK" in os.environ:
+        dist.init_process_group(backend)
+        return dist.get_rank(), dist.get_world_size()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # DeepSpeed looks for a launcher's variables and, missing them, for MPI
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    loopback = _loopback_interface()
+    if loopback:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return 0, 1
+
+
+def _loopback_interface() -> str | None:
+    import psutil
+
+    return next((name for name, addresses in psutil.net_if_addrs().items()
+                 if any(a.family == socket.AF_INET and a.address.startswith("127.") for a in addresses)), None)
+
+
+def control_group() -> dist.ProcessGroup | None:
+    """A process group for small host-side messages: the default group when it is gloo, else a gloo group beside
+    it, so that a flag travels without touching (or synchronising with) a GPU. Collective: every rank calls it."""
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+def next_on_every_rank(iterator: Iterator, group: dist.ProcessGroup | None = None) -> Any:
+    """`next(iterator)` on every rank, or the same error on every rank. A rank whose loader fails (most often
+    `TooManySkips`: its shards are damaged) would otherwise leave the others waiting in the step's collectives until
+    a timeout; here every rank learns of it at the same step, at the cost of one 4-byte all-reduce on the CPU."""
+    try:
+        item, failure = next(iterator), None
+    except Exception as err:  # any loader failure: the other ranks must hear of it before they wait on this one
+        item, failure = None, err
+    flag = torch.tensor([failure is not None], dtype=torch.int32)
+    dist.all_reduce(flag, group=group)
+    if flag.item():
+        messages: list = [None] * dist.get_world_size(group)
+        mine = None if failure is None else f"rank {dist.get_rank()}: {type(failure).__name__}: {failure}"
+        dist.all_gather_object(messages, mine, group=group)
+        if failure is not None:
+            raise failure
+        raise RuntimeError("stopping: " + "; ".join(m for m in messages if m))
+    return item
 
 
 def local_device(environ: Mapping[str, str] | None = None, cuda_devices: int | None = None) -> torch.device:
@@ -34,9 +123,23 @@ def local_device(environ: Mapping[str, str] | None = None, cuda_devices: int | N
     return torch.device("cuda", local_rank)
 
 
-def use_local_device(environ: Mapping[str, str] | None = None) -> torch.device:
-    """`local_device()`, made the current CUDA device of this process (before any CUDA context exists)."""
-    device = local_device(environ)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
+def pick_device(device: str | None = None) -> torch.device:
+    """`device` if given, else `local_device()`; a GPU chosen is made this process's current CUDA device (call it
+    before any CUDA context exists)."""
+    chosen = torch.device(device) if device else local_device()
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    return chosen
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` writes the content to a temporary path beside `path`, which then replaces `path` in one rename:
+    a reader (or a resumed run) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

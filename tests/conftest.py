@@ -16,13 +16,13 @@ def _mcq_shards(*args: str) -> None:
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "shards.cli", *args], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "mcq_shards.cli", *args], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="session")
 def demo_shards(tmp_path_factory):
     """The embedded demo data, small, through the real renderer and converters: {source: shard folder}."""
-    from shards.synth import synthesize
+    from mcq_shards.synth import synthesize
 
     root = tmp_path_factory.mktemp("demo")
     synthesize(root / "raw", train_videos=96, images=64, test_videos=24, msrvtt_train_videos=4, workers=1)
@@ -32,4 +32,15 @@ def demo_shards(tmp_path_factory):
     _mcq_shards("cc3m", str(root / "raw/cc3m/Train_GCC-training.tsv"), "--images", str(root / "raw/cc3m/images"),
                 "-o", str(out["cc3m"]), "--workers", "1", "--quiet")
     _mcq_shards("msrvtt", str(root / "raw/msrvtt"), "-o", str(out["msrvtt"]), "--workers", "1", "--quiet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_shards, tmp_path_factory):
+    """A real 3-step run of `mcq-ds train` (tiny model, checkpoints at steps 2 and 3, no MLflow). Tests that change
+    it work on a copy (test_engine_safety.linked_copy)."""
+    from test_engine import finish, mcq_ds, train_args
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    finish(mcq_ds(*train_args(demo_shards, out, "--max-steps", "3", "--save-every", "2")))
     return out

@@ -20,8 +20,8 @@ def test_init_from_timm_vit_and_a_real_pretrained_text_folder(tmp_path):
                             num_heads=4, num_classes=0)
     torch.save(vit.state_dict(), tmp_path / "vit.pth")
     minilm = default_vocab().parent  # 384-wide BERT, beside a 128-wide VideoFormer
-    result = mcq_ds("init", str(tmp_path / "init"), "--preset", "tiny", "--vit-weights", str(tmp_path / "vit.pth"),
-                    "--text-model", str(minilm))
+    result = mcq_ds("init", "-o", str(tmp_path / "init"), "--preset", "tiny", "--vit-weights",
+                    str(tmp_path / "vit.pth"), "--text-model", str(minilm))
     assert result.returncode == 0, result.stderr
     model, tokenizer = load_pretrained(tmp_path / "init")
     assert model.text_model.width == 384
@@ -36,11 +36,11 @@ def test_convert_original_and_its_errors(tmp_path):
     torch.save({"state_dict": {"module." + k: v for k, v in mcq_to_original(model.state_dict()).items()}},
                tmp_path / "MCQ.pth")
     # tiny_config uses 16-wide heads, which a checkpoint cannot tell; released ones use 64 (the default)
-    result = mcq_ds("convert-original", str(tmp_path / "MCQ.pth"), str(tmp_path / "out"), "--no-bridge")
+    result = mcq_ds("convert-original", str(tmp_path / "MCQ.pth"), "-o", str(tmp_path / "out"), "--no-bridge")
     assert result.returncode == 0, result.stderr
     retrieval, _ = load_pretrained(tmp_path / "out")
     assert not hasattr(retrieval, "bridge_model")
     assert torch.equal(retrieval.video_proj.weight, model.video_proj.weight)
 
-    missing = mcq_ds("convert-original", str(tmp_path / "nope.pth"), str(tmp_path / "out2"))
+    missing = mcq_ds("convert-original", str(tmp_path / "nope.pth"), "-o", str(tmp_path / "out2"))
     assert missing.returncode == 2 and "weight file not found" in missing.stderr

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from mcq_ds.config import preset
+from mcq_ds.config import CLIPTextConfig
 from mcq_ds.loss import MCQLoss
 from mcq_ds.model import CLIPMCQ, CLIPMCQConfig, Tokens, create_tokenizer, from_clip, load_pretrained, save_pretrained
 from mcq_ds.model import clip_loading
-from mcq_ds.model.clip import CLIPTextConfig, ResidualAttentionBlock
+from mcq_ds.model.clip import ResidualAttentionBlock
+from mcq_ds.model.presets import preset
 
 HEAD_DIM = 32  # two heads per tower in the tiny models, so head splitting is tested too
 CAPTIONS = ["a man is riding a red bicycle down the street", "Tom &amp; Jerry’s fight!!", "two dogs"]
@@ -237,7 +238,7 @@ def test_model_folder_round_trip_and_convert_command(weights, tmp_path):
     parser = argparse.ArgumentParser()
     clip_loading.add_arguments(parser)
     out = tmp_path / "clip-init"
-    assert clip_loading.run(parser.parse_args([str(weights), str(out), "--bridge", "--frames", "4"])) == 0
+    assert clip_loading.run(parser.parse_args([str(weights), "-o", str(out), "--bridge", "--frames", "4"])) == 0
     assert '"family": "clip"' in (out / "config.json").read_text()
     model, tokenizer = load_pretrained(out)
     assert isinstance(model, CLIPMCQ) and hasattr(model, "bridge_model") and model.cfg.video.num_frames == 4

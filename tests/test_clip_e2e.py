@@ -9,11 +9,13 @@ import sys
 import numpy as np
 import torch
 
-from mcq_ds.config import preset
 from mcq_ds.eval import extract
-from mcq_ds.eval.data import ClipSpec, CollateEval, ShardClips, index_shards, shard_paths
-from mcq_ds.eval.embed import embed_batch, l2_normalise
+from mcq_ds.eval.data import ClipSpec
+from mcq_ds.eval.embed import embed_batch
+from mcq_ds.eval.reader import CollateEval, ShardClips, eval_samples
+from mcq_ds.loss import l2_normalise
 from mcq_ds.model import create_model, create_tokenizer, load_pretrained, save_pretrained
+from mcq_ds.model.presets import preset
 
 
 def test_extract_features_equal_the_eval_features_of_the_same_videos(demo_shards, tmp_path):
@@ -23,11 +25,11 @@ def test_extract_features_equal_the_eval_features_of_the_same_videos(demo_shards
     loaded, tokenizer = load_pretrained(tmp_path / "clip")
 
     # the evaluation path: the converted MSR-VTT test shards, 8 midpoint frames, CLIP statistics
-    paths, _ = shard_paths(str(demo_shards["msrvtt"]))
-    samples = index_shards(paths)[:3]
+    samples = eval_samples(str(demo_shards["msrvtt"]))[0][:3]
     spec = ClipSpec.of(loaded)
-    batch = CollateEval(tokenizer, loaded.cfg.text.max_length)([ShardClips(samples, range(3), spec)[i]
-                                                                 for i in range(3)])
+    batch, skipped = CollateEval(tokenizer, loaded.cfg.text.max_length)([ShardClips(samples, range(3), spec)[i]
+                                                                          for i in range(3)])
+    assert skipped == []
     eval_video = l2_normalise(embed_batch(loaded.eval(), batch, torch.device("cpu"))[0])
 
     # the extraction path: the raw mp4 files those shards were made from

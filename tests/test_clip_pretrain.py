@@ -19,9 +19,9 @@ from mcq_ds.data.loader import LoaderConfig, ShardLoader
 from mcq_ds.engine.config import DS_CONFIGS
 from mcq_ds.loss import MCQLoss
 from mcq_ds.model import create_tokenizer, from_clip
-from shards.convert import Options, convert
-from shards.sources import webvid
-from shards.synth import synthesize
+from mcq_shards.convert import Options, convert
+from mcq_shards.sources import webvid
+from mcq_shards.synth import synthesize
 
 SIZE = 32
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from mcq_ds.config import preset
 from mcq_ds.eval import extract, search
 from mcq_ds.eval.data import ClipSpec, video_file_clip
-from mcq_ds.eval.embed import l2_normalise
+from mcq_ds.loss import l2_normalise
 from mcq_ds.model import MCQ, load_tokenizer, save_pretrained
+from mcq_ds.model.presets import preset
 from shards_fixtures import encode_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_a_killed_run_resumes_where_it_stopped(setup, tmp_path):
     for i in range(40):
         (many / f"v{i:02d}.mp4").symlink_to(setup / "videos" / "a.mp4")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "mcq_ds.eval.extract", str(setup / "model"), str(many), "-o", str(out),
+    command = [sys.executable, "-m", "mcq_ds.cli", "extract", str(setup / "model"), str(many), "-o", str(out),
                "--workers", "0", "--chunk", "1", "--batch-size", "1", "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}

@@ -15,17 +15,17 @@ import pytest
 import torch
 from PIL import Image
 
-from mcq_ds.config import preset
 from mcq_ds.eval import retrieval
 from mcq_ds.eval.checkpoint import load_model
-from mcq_ds.eval.data import (ClipSpec, clip_tensor, eval_transform, index_shards, rank_share, shard_paths,
-                              window_frames)
+from mcq_ds.eval.data import ClipSpec, clip_tensor, eval_transform, window_frames
 from mcq_ds.eval.extract import read_ids
+from mcq_ds.eval.reader import eval_samples, rank_share
 from mcq_ds.model import MCQ, create_model, create_tokenizer, load_tokenizer, save_pretrained
 from mcq_ds.model.loading import mcq_to_original
-from shards.convert import Options, convert
-from shards.sources import msrvtt
-from shards.synth import synthesize
+from mcq_ds.model.presets import preset
+from mcq_shards.convert import Options, convert
+from mcq_shards.sources import msrvtt
+from mcq_shards.synth import synthesize
 from test_eval_extract import one_thread  # noqa: F401 - one intra-op thread for tiny models on a shared CPU
 
 VIDEOS = 9  # odd: two ranks cannot split it evenly
@@ -93,7 +93,7 @@ def test_one_and_two_ranks_give_the_same_numbers(demo, tmp_path):
         a, b = (np.load(tmp_path / n / f"{kind}_embeddings.npy") for n in ("one", "two"))
         assert a.shape[0] == VIDEOS and np.allclose(a, b, atol=1e-5)
     ids = read_ids(tmp_path / "one" / "video_ids.txt")
-    assert ids == [s.key.removeprefix("msrvtt-") for s in index_shards(shard_paths(str(demo / "msrvtt_test"))[0])]
+    assert ids == [s.key.removeprefix("msrvtt-") for s in eval_samples(str(demo / "msrvtt_test"))[0]]
 
 
 def test_results_go_next_to_the_checkpoint_and_into_mlflow(demo):
@@ -196,7 +196,7 @@ DEEPSPEED_SAVE = textwrap.dedent("""
               "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}}
         engine, *_ = deepspeed.initialize(model=model, config=ds)
         run = os.path.join(out, name)
-        config = {"init": model_dir, "model": "tiny", "frames": 4}
+        config = {"init": model_dir, "preset": "tiny", "frames": 4}
         engine.save_checkpoint(os.path.join(run, "checkpoints"), tag="step00000007",
                                client_state={"step": 7, "config": config, "mlflow_run_id": None})
         open(os.path.join(run, "checkpoints", "step00000007", "complete.json"), "w").write('{"step": 7}')

@@ -9,16 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from mcq_ds.config import preset
 from mcq_ds.data.questions import QuestionBuilder
 from mcq_ds.eval import visualize
 from mcq_ds.eval.attention import apply_probs, cross_attention_probs, record_cross_attention
-from mcq_ds.eval.data import ClipSpec, ShardClips, index_shards, shard_paths
+from mcq_ds.eval.data import ClipSpec
+from mcq_ds.eval.reader import ShardClips, eval_samples
 from mcq_ds.loss import MCQLoss
 from mcq_ds.model import MCQ, Tokens, load_tokenizer, save_pretrained
-from shards.convert import Options, convert
-from shards.sources import webvid
-from shards.synth import synthesize
+from mcq_ds.model.presets import preset
+from mcq_shards.convert import Options, convert
+from mcq_shards.sources import webvid
+from mcq_shards.synth import synthesize
 from test_eval_extract import one_thread  # noqa: F401 - one intra-op thread for tiny models on a shared CPU
 
 STEPS, BATCH, CLIPS = 150, 8, 12
@@ -44,7 +45,7 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     model = MCQ(cfg)
     tok = load_tokenizer(cfg.text)
-    samples = index_shards(shard_paths(str(root / "shards"))[0])
+    samples = eval_samples(str(root / "shards"))[0]
     dataset = ShardClips(samples, range(len(samples)), ClipSpec(4, cfg.video.img_size))
     items = [dataset[i] for i in range(len(dataset))]
     video = torch.cat([clips for _, _, clips, _ in items])

@@ -1,6 +1,6 @@
 """The reference loader on real shards: made by the real converter from PyAV-encoded clips and PIL images (plus
-one shard written by hand for exact pixel content and for corrupt samples), read by real webdataset code in real
-DataLoader worker processes."""
+one shard written by hand for exact pixel content and for corrupt samples), read in real DataLoader worker
+processes. Damaged shards of every kind: tests/test_damaged_shards.py."""
 from __future__ import annotations
 
 import csv
@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import random
-from collections import Counter
 from itertools import islice
 from pathlib import Path
 
@@ -20,13 +19,14 @@ from shards_fixtures import encode_image, encode_video, pattern
 
 from mcq_ds.config import TextConfig
 from mcq_ds.data.batch import IMAGENET_MEAN, IMAGENET_STD, Batch
-from mcq_ds.data.loader import LoaderConfig, ShardLoader, count_samples, resolve_shards
+from mcq_ds.data.loader import LoaderConfig, ShardLoader
 from mcq_ds.data.sampling import draw, sample_seed
 from mcq_ds.model import load_tokenizer
-from shards.convert import Options, convert
-from shards.frames import segment_frames
-from shards.sources import usercsv
-from shards.tario import ShardWriter, samples as tar_samples
+from mcq_shards.convert import Options, convert
+from mcq_shards.frames import segment_frames
+from mcq_shards.reader import read_index, resolve_shards, scan_tar
+from mcq_shards.sources import usercsv
+from mcq_shards.tario import ShardWriter, samples as tar_samples
 
 # Captions in which spaCy finds noun phrases (the converter rejects a caption without one), and some verb phrases.
 CAPTIONS = ["a red square is moving across a green field", "a small dog runs on the beach",
@@ -104,7 +104,7 @@ def hand_shard(tmp_path_factory) -> Path:
 
 
 def _loader(shards, tokenizer, **kw) -> ShardLoader:
-    options = dict(source="csv", train=True, num_frames=4, img_size=32, batch_size=2, workers=2, seed=7, rank=0,
+    options = dict(source="csv", num_frames=4, img_size=32, batch_size=2, workers=2, seed=7, rank=0,
                    world_size=1, shuffle_block=3)
     options.update(kw)
     return ShardLoader(LoaderConfig(shards=shards, tokenizer=tokenizer, **options))
@@ -113,7 +113,7 @@ def _loader(shards, tokenizer, **kw) -> ShardLoader:
 def _stored(shards) -> dict[str, tuple[dict, dict[str, bytes]]]:
     """Every good sample in the shards: key → (json, members), read with plain tarfile."""
     out = {}
-    for shard in resolve_shards(shards):
+    for shard in resolve_shards(shards).shards:
         with open(shard.path, "rb") as f:
             for key, members in tar_samples(Path(shard.path)):
                 data = {}
@@ -147,26 +147,20 @@ def test_batch_contract(converted, tokenizer):
     assert (batch.answer.ids[:, 1:4] == tokenizer.mask_token_id).all()  # "[MASK] [MASK] [MASK] " + phrase
     assert all(kind in ("noun", "verb") for kind in batch.kinds) and len(batch.kinds) == 2
     assert batch.extra["frames"].shape == (2, 4) and batch.extra["frames"].dtype == torch.long
-    assert count_samples(converted) == 18 and loader.num_samples == 18
+    assert resolve_shards(converted).samples == 18 and loader.num_samples == 18
 
 
 def test_frames_follow_segment_frames_and_pad_with_the_last(converted, tokenizer):
     stored = _stored(converted)
-    for train in (True, False):
-        loader = _loader(converted, tokenizer, train=train, workers=0)
-        batches = list(islice(iter(loader), loader.batches_per_epoch)) if train else list(loader)
-        seen = 0
-        for batch in batches:
-            for key, frames in zip(batch.keys, batch.extra["frames"].tolist()):
-                meta = stored[key][0]
-                n = _stored_count(meta)
-                if train:
-                    chosen = segment_frames(n, 4, "rand", random.Random(sample_seed(7, 0, key)))
-                else:
-                    chosen = segment_frames(n, 4, "uniform")
-                assert frames == chosen + [chosen[-1]] * (4 - len(chosen)), key
-                seen += n < 4
-        assert seen >= 9  # the 8 images and the 2-frame clip were padded
+    loader = _loader(converted, tokenizer, workers=0, batch_size=1)
+    seen = 0
+    for batch in islice(iter(loader), loader.batches_per_epoch):
+        for key, frames in zip(batch.keys, batch.extra["frames"].tolist()):
+            n = _stored_count(stored[key][0])
+            chosen = segment_frames(n, 4, "rand", random.Random(sample_seed(7, 0, key)))
+            assert frames == chosen + [chosen[-1]] * (4 - len(chosen)), key
+            seen += n < 4
+    assert seen >= 9  # the 8 images and the 2-frame clip (at least) were padded
 
 
 def _reference_frames(members: dict[str, bytes], meta: dict, frames: list[int], crop, flip: bool,
@@ -196,21 +190,20 @@ def _pixels(video: torch.Tensor) -> torch.Tensor:
     return video.float()
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_pixels_match_an_independent_pil_reference(converted, tokenizer, train):
+def test_pixels_match_an_independent_pil_reference(converted, tokenizer):
     """Every output frame is its stored frame under the sample's one crop window and flip: the crop is shared by
     all frames of a clip, and the frames are the right ones."""
     stored = _stored(converted)
-    loader = _loader(converted, tokenizer, train=train, workers=0, batch_size=6)
+    loader = _loader(converted, tokenizer, workers=0, batch_size=6)
     batch = next(iter(loader))
     flips = 0
     for key, video, frames in zip(batch.keys, batch.video, batch.extra["frames"].tolist()):
         meta, members = stored[key]
-        draws = draw(7, 0, key, _stored_count(meta), 4, meta["height"], meta["width"], train)
+        draws = draw(7, 0, key, _stored_count(meta), 4, meta["height"], meta["width"], True)
         expected = _reference_frames(members, meta, frames, draws.crop, draws.flip, 32)
         assert (_pixels(video) - expected).abs().max() <= 2.5, key  # torch and PIL resampling round differently
         flips += draws.flip
-    assert not train or 0 < flips < 6  # both kinds present, so flipping is checked
+    assert 0 < flips < 6  # both kinds present, so flipping is checked
 
 
 def test_identical_stored_frames_give_identical_output_frames(hand_shard, tokenizer):
@@ -236,16 +229,16 @@ def test_identical_stored_frames_give_identical_output_frames(hand_shard, tokeni
 
 def test_corrupt_samples_are_skipped_counted_and_logged(hand_shard, tokenizer, caplog):
     for workers in (2, 0):
-        loader = _loader(str(hand_shard), tokenizer, train=False, workers=workers)
-        with caplog.at_level(logging.WARNING, logger="mcq_ds.data.loader"):
-            batches = list(loader)
-        assert sorted(k for b in batches for k in b.keys) == sorted(GOOD_HAND)
-        assert sum(b.skipped for b in batches) == len(BAD_HAND)
-        assert all(b.question is None and b.answer is None and b.kinds == [] for b in batches)
+        loader = _loader(str(hand_shard), tokenizer, workers=workers, batch_size=1, shuffle_block=0)
+        with caplog.at_level(logging.WARNING, logger="mcq_shards.reader"):
+            batches = list(islice(iter(loader), loader.batches_per_epoch))
+        assert {k for b in batches for k in b.keys} <= set(GOOD_HAND) and len(batches) == loader.batches_per_epoch
+        assert sum(b.skipped for b in batches) >= len(BAD_HAND)  # each read at least once; refills may reread
     logged = "\n".join(r.getMessage() for r in caplog.records)  # the in-process run's warnings
-    for key, reason in [("hand-truncated", "undecodable frame"), ("hand-badjson", "JSONDecodeError"),
-                        ("hand-nooffsets", "without its offsets"), ("hand-wrongsize", "json says 50x40")]:
-        assert f"skipped sample {key}: " in logged and reason in logged, key
+    for key, reason in [("hand-truncated", "bad-frame: stored frame"), ("hand-badjson", "bad-json: the json member is "
+                        "not JSON"), ("hand-nooffsets", "missing-member: a jpgs member without its offsets"),
+                        ("hand-wrongsize", "bad-frame: stored frame 0 is not a whole 50x40 JPEG")]:
+        assert f"{hand_shard}: {key}: {reason}" in logged, key
 
 
 def test_training_skips_and_refills_so_every_batch_is_full(converted, hand_shard, tokenizer):
@@ -255,20 +248,6 @@ def test_training_skips_and_refills_so_every_batch_is_full(converted, hand_shard
     assert not {k for b in batches for k in b.keys} & set(BAD_HAND)
     assert sum(b.skipped for b in batches) >= len(BAD_HAND)  # two epochs read every sample at least once
     assert loader.epoch == 2
-
-
-def test_eval_split_covers_every_sample_exactly_once(converted, tokenizer):
-    everything = set(_stored(converted))
-    keys = []
-    for rank in range(2):
-        loader = _loader(converted, tokenizer, train=False, rank=rank, world_size=2, batch_size=2)
-        first = list(loader)
-        again = list(loader)  # the same persistent workers, a second pass: the same batches
-        assert [b.keys for b in first] == [b.keys for b in again]
-        assert all(torch.equal(a.video, b.video) for a, b in zip(first, again))
-        assert all(len(c) >= 1 for b in first for c in b.extra["captions"])
-        keys += [k for b in first for k in b.keys]
-    assert Counter(keys).most_common(1)[0][1] == 1 and set(keys) == everything
 
 
 def test_every_rank_yields_the_same_number_of_batches_on_disjoint_samples(converted, tokenizer):
@@ -334,8 +313,8 @@ def test_two_loaders_in_one_process_share_no_state(converted, hand_shard, tokeni
 
 def test_shard_lists_and_clear_errors(converted, tokenizer):
     pattern_ = str(converted / "csv-{00000..00003}.tar")
-    assert [(s.path, s.samples) for s in resolve_shards(pattern_)] == \
-        [(s.path, s.samples) for s in resolve_shards(converted)]
+    assert [(s.path, s.samples) for s in resolve_shards(pattern_).shards] == \
+        [(s.path, s.samples) for s in resolve_shards(converted).shards]
     with pytest.raises(FileNotFoundError, match="csv-00004.tar"):
         resolve_shards(str(converted / "csv-{00000..00009}.tar"))
     with pytest.raises(ValueError, match="cannot give every one of 4 ranks × 2 workers a batch of 3"):
@@ -343,15 +322,12 @@ def test_shard_lists_and_clear_errors(converted, tokenizer):
     loader = _loader(converted, tokenizer)
     with pytest.raises(ValueError, match="source 'csv' given to the 'webvid' loader"):
         _loader(converted, tokenizer, source="webvid").load_state_dict(loader.state_dict())
-    with pytest.raises(TypeError, match="training loaders"):
-        _loader(converted, tokenizer, train=False).state_dict()
 
 
 def test_index_offsets_match_the_tar_headers_with_long_names(tmp_path):
     """Seeking into a shard uses the DALI index; GNU long names (over 100 bytes) put extra blocks before a
     member's header, which the offsets must include."""
-    from mcq_ds.data.loader import sample_offsets
-    from shards.tario import index_text
+    from mcq_shards.tario import index_text
 
     path = tmp_path / "long.tar"
     writer = ShardWriter(path)
@@ -360,15 +336,5 @@ def test_index_offsets_match_the_tar_headers_with_long_names(tmp_path):
     writer.close()
     index = tmp_path / "long.idx"
     index.write_text(index_text(path))
-    assert sample_offsets(str(path), str(index)) == sample_offsets(str(path), None)
-
-
-def test_a_truncated_shard_skips_the_rest_of_its_samples(converted, tokenizer, tmp_path):
-    source = resolve_shards(converted)[0]
-    data = Path(source.path).read_bytes()
-    cut = tmp_path / "cut-00000.tar"
-    cut.write_bytes(data[: len(data) * 3 // 5])
-    (tmp_path / "cut-00000.idx").write_text(Path(source.index).read_text())  # still lists all 5 samples
-    loader = _loader(str(cut), tokenizer, train=False, workers=0, batch_size=1)
-    batches = list(loader)
-    assert 1 <= len(batches) < 5 and sum(len(b) for b in batches) + batches[-1].skipped == 5
+    assert read_index(str(index), str(path)) == scan_tar(str(path))[0]
+    assert [e.key for e in scan_tar(str(path))[0]] == ["short", "x" * 120, "y" * 95, "z" * 600, "end"]

@@ -5,8 +5,9 @@ import pytest
 import timm
 import torch
 
-from mcq_ds.config import MCQConfig, TextConfig, VideoConfig, preset
+from mcq_ds.config import MCQConfig, TextConfig, VideoConfig
 from mcq_ds.model import MCQ, Tokens, load_timm_vit, load_tokenizer
+from mcq_ds.model.presets import preset
 
 
 def tiny_config(frames: int = 4, **video) -> MCQConfig:
@@ -43,10 +44,12 @@ def test_shapes_for_one_and_four_frames(frames):
     assert model(video, text).answer is None
 
 
-def test_more_frames_than_configured_is_an_error():
+def test_frames_are_limited_only_by_a_temporal_table():
     cfg = tiny_config(frames=2)
     video, text, _, _ = batch(cfg, 3)
-    with pytest.raises(ValueError, match="at most 2 frames"):
+    assert MCQ(cfg).eval().encode_video(video).shape == (video.shape[0], cfg.embed_dim)  # no frame parameter
+    cfg.video.temporal_attention = True
+    with pytest.raises(ValueError, match="temporal position table has 2 rows: it takes at most 2 frames"):
         MCQ(cfg)(video, text)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shards.cli import build_parser, main
+from mcq_shards.cli import build_parser, main
 
 COMMANDS = ["cc3m", "webvid", "msrvtt", "wds", "csv", "verify", "synth"]
 

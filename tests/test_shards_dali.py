@@ -3,7 +3,7 @@ picks each sample's frames *before* decoding (one frame per segment, SPEC §3.3)
 
 The pipeline here is the prototype for mcq_ds's real one: it reads the ``jpgs`` and ``offsets``
 members, computes the segment frames with DALI arithmetic (the same integer formula as
-``shards.frames.segment_frames``, which this test checks), slices those frames' bytes and decodes
+``mcq_shards.frames.segment_frames``, which this test checks), slices those frames' bytes and decodes
 only them. It runs on the CPU (``device_id=None``); the same graph with ``device="mixed"`` decodes
 with nvJPEG on a GPU and is run when one is present.
 """
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards.convert import Options, convert
-from shards.frames import segment_frames
-from shards.manifest import read_manifest
-from shards.sources import webvid
+from mcq_shards.convert import Options, convert
+from mcq_shards.frames import segment_frames
+from mcq_shards.manifest import read_manifest
+from mcq_shards.sources import webvid
 from shards_fixtures import encode_video, write_webvid
 
 dali = pytest.importorskip("nvidia.dali")

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from shards.frames import segment_bounds, segment_frames, stored_frame_count, stored_frame_times
+from mcq_shards.frames import segment_bounds, segment_frames, stored_frame_count, stored_frame_times
 
 
 def original_bounds(num_stored: int, num_frames: int) -> list[int]:

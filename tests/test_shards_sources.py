@@ -6,9 +6,9 @@ import pickle
 import numpy as np
 import pytest
 
-from shards.sources import cc3m, msrvtt, usercsv, webvid
-from shards.sources.msrvtt import read_caption_index
-from shards.tables import InputError
+from mcq_shards.sources import cc3m, msrvtt, usercsv, webvid
+from mcq_shards.sources.msrvtt import read_caption_index
+from mcq_shards.tables import InputError
 
 
 def test_webvid_missing_column_names_file_line_column(tmp_path):

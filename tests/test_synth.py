@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shards import synth
+from mcq_shards import synth
 
 COUNTS = dict(train_videos=24, images=6, test_videos=8, msrvtt_train_videos=3)
 SIZE, FPS = 64, 8
@@ -233,7 +233,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_module_help():
-    result = subprocess.run([sys.executable, "-m", "shards.synth", "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "mcq_shards.synth", "--help"], capture_output=True, text=True,
                             check=True)
     assert "--train-videos" in result.stdout and "held-out" in result.stdout.lower()
 

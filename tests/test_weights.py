@@ -62,7 +62,7 @@ def test_unknown_and_missing_keys_are_errors_that_name_them(tmp_path):
         from_original(tmp_path / "a.pth")
     del state["module.video_model.blocks.1.crossattn.proj.weight"]
     torch.save({"state_dict": state}, tmp_path / "b.pth")
-    with pytest.raises(RuntimeError, match="bridge_model.blocks.1.cross_attn.proj.weight"):
+    with pytest.raises(ValueError, match="b.pth: .*bridge_model.blocks.1.cross_attn.proj.weight"):
         from_original(tmp_path / "b.pth")
 
 
@@ -109,3 +109,35 @@ def test_minilm_bert_weights_load_as_a_distilbert_textformer():
     assert len(ours) == len(theirs) == 7
     for a, b in zip(ours, theirs):
         assert torch.allclose(a[mask.bool()], b[mask.bool()], atol=1e-4)
+
+
+ORIGINAL_KEYS = pathlib.Path(__file__).parent / "data" / "mcq_original_keys.json"
+
+
+def _meta_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
+
+
+def test_the_rename_table_maps_the_original_model_key_for_key_and_shape_for_shape():
+    """Against the key names and shapes of the original pre-training model (written once from the original code:
+    tests/data/make_mcq_original_keys.py), not against this package's own reverse mapping: an original MCQ.pth at
+    the released size imports strictly into the `base` preset, and exports back to exactly the original's keys."""
+    import json
+
+    from mcq_ds.model.loading import config_from_original, original_to_mcq
+    from mcq_ds.model.presets import preset
+
+    original = json.loads(ORIGINAL_KEYS.read_text())
+    state = _meta_state(original)
+    cfg = config_from_original(state)
+    base = preset("base")
+    assert cfg.video == base.video and cfg.embed_dim == base.embed_dim and cfg.bridge
+    assert {k: v for k, v in cfg.text.arch.items() if k in base.text.arch} == base.text.arch
+    with torch.device("meta"):
+        ours = MCQ(base).state_dict()
+    mapped = original_to_mcq(state)
+    assert mapped.keys() == ours.keys()
+    assert all(mapped[k].shape == ours[k].shape for k in ours)
+    assert {"module." + k: list(v.shape) for k, v in mcq_to_original(ours).items()} == original
+    retrieval = original_to_mcq(state, bridge=False)
+    assert retrieval.keys() == {k for k in ours if not k.startswith(("bridge_model.", "bridge_proj."))}

@@ -46,8 +46,8 @@ def make_corpus(work: Path, clips: int, seconds: float, width: int, height: int,
     import av
     from PIL import Image
 
-    from shards.convert import Options, convert
-    from shards.sources import usercsv
+    from mcq_shards.convert import Options, convert
+    from mcq_shards.sources import usercsv
 
     raw = work / "raw"
     mp4s = [str(raw / f"clip{i:03d}.mp4") for i in range(clips)]
@@ -93,8 +93,8 @@ def make_corpus(work: Path, clips: int, seconds: float, width: int, height: int,
 
 def _repeat(shards: Path, out: Path, repeat: int) -> None:
     """The converted samples ``repeat`` times under new keys, in shards with their index and a manifest."""
-    from shards.manifest import write_json_atomic
-    from shards.tario import ShardWriter, index_text, sha256_file
+    from mcq_shards.manifest import write_json_atomic
+    from mcq_shards.tario import ShardWriter, index_text, sha256_file
 
     samples = []
     for tar_path in sorted(shards.glob("*.tar")):

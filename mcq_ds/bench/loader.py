@@ -22,7 +22,7 @@ from ..model import load_tokenizer
 def run(args: argparse.Namespace) -> dict:
     tokenizer = load_tokenizer(TextConfig(tokenizer=args.tokenizer))
     loader = ShardLoader(LoaderConfig(
-        shards=args.shards, source=args.source, tokenizer=tokenizer, train=not args.eval, num_frames=args.frames,
+        shards=args.shards, source=args.source, tokenizer=tokenizer, num_frames=args.frames,
         img_size=args.img_size, batch_size=args.batch, workers=args.workers, rank=0, world_size=1,
         shuffle_block=args.shuffle_block))
     start = time.perf_counter()
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     processes = max(1, args.workers)
     return {
-        "shards": str(args.shards), "samples_in_shards": loader.num_samples, "train": not args.eval,
+        "shards": str(args.shards), "samples_in_shards": loader.num_samples,
         "frames": args.frames, "img_size": args.img_size, "batch": args.batch, "workers": args.workers,
         "cpus": os.cpu_count(), "samples_per_s": round(samples / seconds, 1),
         "frames_per_s": round(samples * args.frames / seconds, 1), "decoded_frames_per_s": round(decoded / seconds, 1),
@@ -62,8 +62,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=50, help="timed batches")
     parser.add_argument("--warmup", type=int, default=5, help="batches after the first, not timed")
     parser.add_argument("--shuffle-block", type=int, default=256)
-    parser.add_argument("--eval", action="store_true", help="evaluation mode: midpoint frames, centre crop (one pass: "
-                        "the shards must hold enough samples for warm-up and timed batches)")
     parser.add_argument("--tokenizer", help="tokenizer folder or vocab.txt (default: the offline bert vocab)")
     print(json.dumps(run(parser.parse_args(argv))))
 

@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..config import CLIP_PRESETS, PRESETS, preset
 from ..model import create_model
+from ..model.presets import CLIP_PRESETS, PRESETS, preset
 from ..model.probe import example_inputs, train_flops
 
 

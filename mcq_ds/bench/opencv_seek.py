@@ -1,4 +1,5 @@
-"""The original MCQ data path, kept only as the baseline of ``python -m mcq_ds.bench.dali`` (SPEC §3.3–3.4).
+"""The original MCQ data path (OpenCV seek per sampled frame, PIL for images), kept only as the baseline of
+``python -m mcq_ds.bench.dali``.
 
 Per sample, as the original ``read_frames_cv2`` + transforms: open the mp4 with ``cv2.VideoCapture``, read its
 frame count, pick one random frame per segment (``segment_frames``, the original's rule), seek to each with
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from shards.frames import segment_frames
+from mcq_shards.frames import segment_frames
 
 from ..data.batch import NORMALISATION
 

@@ -1,4 +1,4 @@
-"""The batch contract: what every loader (the webdataset reference loader, the DALI pipeline) hands the engine."""
+"""The batch contract: what every loader (the reference loader, the DALI pipeline) hands the engine."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-# Normalisation statistics (SPEC §1.2, §1.8): ImageNet for the original MCQ, CLIP's for the CLIP-initialised model.
+# Normalisation statistics: ImageNet for the original MCQ, CLIP's for the CLIP-initialised model.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 NORMALISATION = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}

@@ -4,14 +4,15 @@ One pipeline definition serves both machines; only the decoder's device changes 
 frames stay on the GPU; ``"cpu"``: ``device_id=None``, which is what CI runs). Per pipeline iteration:
 
 1. ``fn.readers.webdataset`` reads each sample's ``jpgs`` + ``offsets`` (a clip stored as JPEG frames, see
-   ``shards/media.py``) or ``jpg`` (an image, a one-frame clip), and its ``json``, from this rank's part of the
+   ``mcq_shards/media.py``) or ``jpg`` (an image, a one-frame clip), and its ``json``, from this rank's part of the
    shards, through their ``.idx`` files.
-2. A host step (``fn.python_function``, one call per batch) does everything that must equal the reference
-   loader: :func:`mcq_ds.data.sampling.draw` picks the stored frames, crop window and flip from
-   ``(seed, epoch, key)``, and the question builder continues from the same random stream. It hands DALI only
-   the chosen frames' JPEG bytes, so nothing else is ever decoded, plus the crop window; it also checks each
-   sample's structure (json, offsets, JPEG markers and size), because a JPEG the decoder rejects stops a DALI
-   pipeline for good, and it tokenises the batch's captions, questions and answers (padded to the batch's
+2. A host step (``fn.python_function``, one call per batch) runs the reference loader's own per-sample
+   preparation (:func:`mcq_ds.data.sample.prepare`: the checked json and offsets, ``sampling.draw``'s stored
+   frames, crop window and flip from ``(seed, epoch, key)``, the question), so the two loaders agree on every
+   sample and skip the same ones for the same reasons. It hands DALI only the chosen frames' JPEG bytes, so
+   nothing else is ever decoded, plus the crop window (a JPEG whose markers or size are wrong is never handed
+   over: a decoder error stops a DALI pipeline for good), and it tokenises the batch's captions, questions and
+   answers (padded to the batch's
    longest, so DALI's iterator gets dense tensors). Its cost is measured by ``mcq_ds/bench/dali.py``.
 3. ``fn.decoders.image_slice`` decodes only the crop window of each chosen frame, ``fn.stack`` makes the clip,
    ``fn.resize`` brings it to ``img_size`` and ``fn.crop_mirror_normalize`` flips it on the decoder's device into
@@ -19,15 +20,22 @@ frames stay on the GPU; ``"cpu"``: ``device_id=None``, which is what CI runs). P
 
 A sample that fails the host step's checks is decoded as a placeholder, dropped after the pipeline and
 counted in ``Batch.skipped``; the batch is filled from the next samples, so every batch has ``batch_size``
-samples on every rank (the distributed loss needs equal batches).
+samples on every rank (the distributed loss needs equal batches). A frame with sound markers whose data the
+decoder still rejects (a broken Huffman table) fails the pipeline batch: the loader rebuilds the pipeline from
+the DALI checkpoint taken before that batch and has the host step decode that batch's frames with libjpeg first,
+so the broken sample is skipped like any other. When most samples read are unusable (foreign or damaged shards)
+the loader stops with ``TooManySkips`` naming a shard instead of reading on forever.
+
+Shards. Each shard's ``.idx`` is checked against its tar before DALI sees it (``mcq_shards.reader``); a missing,
+short or foreign index, or a tar that breaks off, is replaced by an index of the samples actually there, written
+to a temporary folder, with a warning.
 
 Epochs. Each training epoch is its own pipeline: the shard list is shuffled with ``(seed, epoch)``, DALI gives
 this rank its contiguous ``1/world_size`` of the samples (sequential reads, what a network file system wants)
 and shuffles them in a buffer; every rank yields ``floor(floor(N / world) / batch_size)`` batches, the same
 number everywhere (a rank that skipped samples reads on into its part again). The epoch is a constant of the
 host step, so a new epoch builds a new pipeline: its start-up (0.2-1.2 s to the first batch on the CPU,
-measured by the benchmark) is paid once per epoch. Evaluation reads each sample exactly once, in order, with a
-partial last batch.
+measured by the benchmark) is paid once per epoch.
 
 Resume. ``state_dict()`` holds the epoch, the batches already yielded in it, and a DALI checkpoint
 (``enable_checkpointing``: reader position and shuffle state) taken before the oldest pipeline batch whose
@@ -38,9 +46,11 @@ yields exactly the batches an uninterrupted one would have.
 from __future__ import annotations
 
 import base64
-import json
+import io
 import os
 import random
+import re
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,10 +59,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from mcq_shards.reader import (Reason, SampleError, ShardInfo, Skip, SkipLog, TooManySkips, index_lines,
+                               resolve_shards, sample_entries, skip_check_after, stored_sample)
+from mcq_shards.tario import split_name
+
+from ..runtime import distributed_position
 from .batch import Batch, Tokens
-from .loader import LoaderConfig, ShardInfo, Skip, _SkipLog, distributed_position, resolve_shards
+from .loader import LoaderConfig
 from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts
-from .sampling import CropBox, draw, sample_seed
+from .sample import prepare
+from .sampling import CropBox, sample_seed
 
 KINDS = ("noun", "verb", "none")
 STATE_VERSION = 1
@@ -62,56 +78,41 @@ STATE_VERSION = 1
 
 
 def dali_shards(config: LoaderConfig) -> list[ShardInfo]:
-    """The config's shards (``resolve_shards``: directories, brace patterns, lists), each with its DALI index."""
-    shards = resolve_shards(config.shards)
-    missing = [s.path for s in shards if s.index is None]
-    if missing:
-        raise FileNotFoundError(f"{config.source}: no DALI index (.idx) beside {missing[0]} ({len(missing)} shards "
-                                f"without one); mcq-shards writes them, for other shards run `wds2idx SHARD.tar "
-                                f"SHARD.idx`")
+    """The config's shards (``resolve_shards``: directories, brace patterns, lists), each with an index DALI can
+    trust: its own ``.idx`` when it checks out against the tar, else one rebuilt from the tar's headers (covering
+    only the samples before any break in the tar) in a temporary folder, with a warning."""
+    shards, rebuilt = [], None
+    for shard in resolve_shards(config.shards).shards:
+        found = sample_entries(shard.path, shard.index, shard.samples)
+        if found.damage:
+            warnings.warn(f"{config.source}: {shard.path}: {found.damage}; {found.lost} of its {found.listed} "
+                          "samples cannot be read", RuntimeWarning, stacklevel=2)
+        if not found.entries:
+            continue
+        if not found.rebuilt:
+            shards.append(ShardInfo(shard.path, len(found.entries), shard.index))
+            continue
+        rebuilt = rebuilt or tempfile.mkdtemp(prefix="mcq-ds-dali-index-")
+        index = os.path.join(rebuilt, f"{len(shards):06d}-{os.path.basename(shard.path)}.idx")
+        with open(index, "w", encoding="utf-8") as f:
+            f.write(index_lines(found.entries))
+        shards.append(ShardInfo(shard.path, len(found.entries), index))
+    if not shards:
+        raise ValueError(f"{config.source}: no readable sample in {config.shards!r}")
     return shards
 
 
-def epoch_shards(files: list[ShardInfo], seed: int, epoch: int, train: bool) -> list[ShardInfo]:
-    """Training reads the shards in a new order every epoch (each rank gets different shards each epoch)."""
-    if not train:
-        return files
+def epoch_shards(files: list[ShardInfo], seed: int, epoch: int) -> list[ShardInfo]:
+    """The shards in a new order every epoch (each rank gets different shards each epoch)."""
     order = list(files)
     random.Random(sample_seed(seed, epoch, "shards")).shuffle(order)
     return order
 
 
-def rank_samples(total: int, rank: int, world_size: int) -> int:
-    """How many samples DALI's reader gives ``rank``: ``[total*rank//world, total*(rank+1)//world)``."""
-    return total * (rank + 1) // world_size - total * rank // world_size
-
-
 # --- the host step -----------------------------------------------------------------------------------------------
-
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's frame header, or None when the bytes are not one whole JPEG (no start or end
-    marker, or no frame header). Reads the marker segments only, not the image data."""
-    raw = memoryview(data)
-    if len(raw) < 4 or raw[0] != 0xFF or raw[1] != 0xD8 or raw[-2] != 0xFF or raw[-1] != 0xD9:
-        return None
-    at = 2
-    while at + 9 <= len(raw):
-        if raw[at] != 0xFF:
-            return None
-        marker = raw[at + 1]
-        if marker in _SOF:
-            return int.from_bytes(raw[at + 7:at + 9], "big"), int.from_bytes(raw[at + 5:at + 7], "big")
-        at += 2 + int.from_bytes(raw[at + 2:at + 4], "big")  # the segment's length field counts itself
-    return None
-
 
 def _placeholder_jpeg() -> np.ndarray:
     """What the decoder gets for a rejected sample (it has to decode something); the sample is dropped after."""
-    import io
-
     from PIL import Image
 
     out = io.BytesIO()
@@ -130,12 +131,39 @@ class _Sample(NamedTuple):
     qa: QuestionAnswer | None
 
 
-def _key_of(raw_meta: np.ndarray) -> str:
-    """The sample's key for a log line, from a json member that may be broken."""
+def _decodes(frame: np.ndarray) -> None:
+    """Raises `SampleError` when libjpeg cannot decode the frame."""
+    from PIL import Image
+
     try:
-        return json.loads(raw_meta.tobytes())["key"]
-    except (ValueError, KeyError, TypeError):
-        return "?"
+        with Image.open(io.BytesIO(frame.tobytes())) as image:
+            image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:
+        raise SampleError(Reason.BAD_FRAME, f"undecodable: {type(err).__name__}: {err}") from None
+
+
+_SOURCE_INFO = re.compile(r"(.*):(\d+):([^:]*)")  # DALI's webdataset source info: <tar>:<offset>:<member name>
+
+
+def _origin(infos: tuple[np.ndarray, ...], fallback: str) -> tuple[str, str]:
+    """(shard, key) of a sample from the source info of any member DALI found for it; `fallback` (this rank's
+    shards) when it found none, as for a tar of another converter."""
+    for info in infos:
+        match = _SOURCE_INFO.fullmatch(info.tobytes().decode("utf-8", "replace"))
+        if match:
+            return match[1], split_name(match[3])[0]
+    return fallback, "?"
+
+
+def rank_shards(files: list[ShardInfo], rank: int, world_size: int) -> list[str]:
+    """The shards of an epoch's order that DALI's reader gives ``rank``: those overlapping its contiguous part."""
+    total, start, found = sum(f.samples for f in files), 0, []
+    lo, hi = total * rank // world_size, total * (rank + 1) // world_size
+    for f in files:
+        if start < hi and start + f.samples > lo:
+            found.append(f.path)
+        start += f.samples
+    return found
 
 
 def _padded(rows: list[bytes]) -> list[np.ndarray]:
@@ -148,53 +176,42 @@ class HostStep:
     """The per-batch Python step of the pipeline (see the module docstring). One instance per epoch pipeline:
     the epoch is part of every sample's random draws."""
 
-    OUTPUTS = ("anchor", "window", "flip", "frames", "crop", "valid", "keys", "kinds", "captions",
-               "text_ids", "text_mask", "question_ids", "question_mask", "answer_ids", "answer_mask")
+    OUTPUTS = ("anchor", "window", "flip", "frames", "crop", "valid", "keys", "kinds", "text_ids", "text_mask",
+               "question_ids", "question_mask", "answer_ids", "answer_mask")
 
-    def __init__(self, config: LoaderConfig, epoch: int, questions: QuestionBuilder | None):
-        self.config, self.epoch, self.questions = config, epoch, questions
+    def __init__(self, config: LoaderConfig, epoch: int, questions: QuestionBuilder, skip_log: SkipLog,
+                 shards: list[str], decode_first: int = 0):
+        self.config, self.epoch, self.questions, self.skip_log = config, epoch, questions, skip_log
+        self.shards = "one of " + ", ".join(shards[:3]) + (f" (+{len(shards) - 3})" if len(shards) > 3 else "")
+        self.decode_first = decode_first  # calls (pipeline batches) whose frames are decoded here before DALI's
         self.placeholder = _placeholder_jpeg()
-        self.skip_log = _SkipLog(config.source)
+        self.failure: TooManySkips | None = None
 
-    def sample(self, raw_meta: np.ndarray, jpgs: np.ndarray, offsets: np.ndarray) -> _Sample:
-        """Draws, chosen frames and question of one sample; raises ValueError or KeyError when it is corrupt."""
-        cfg = self.config
-        meta = json.loads(raw_meta.tobytes())  # JSONDecodeError is a ValueError
-        if offsets.size:
-            if offsets.size % 4:
-                raise ValueError("the offsets member is not int32")
-            bounds = offsets.view("<i4")
-        else:  # an image (or a clip that lost its offsets, which the frame count below catches)
-            bounds = np.array([0, jpgs.size], np.int64)
-        count = len(bounds) - 1
-        if bounds[0] != 0 or bounds[-1] != jpgs.size or np.any(np.diff(bounds) <= 0):
-            raise ValueError(f"offsets do not cut the {jpgs.size}-byte media member into frames")
-        if count != meta.get("num_frames", 1):
-            raise ValueError(f"{count} frames stored, the json says {meta.get('num_frames')}")
-        width, height = int(meta["width"]), int(meta["height"])
-        d = draw(cfg.seed, self.epoch, meta["key"], count, cfg.num_frames, height, width, cfg.train, cfg.hflip)
-        plan = d.frames + [d.frames[-1]] * (cfg.num_frames - len(d.frames))  # short clips repeat their last frame
-        encoded = []
-        for i in plan:
-            frame = jpgs[bounds[i]:bounds[i + 1]]
-            if jpeg_size(frame) != (width, height):  # the decoder would stop the pipeline on it
-                raise ValueError(f"stored frame {i} is not a whole {width}x{height} JPEG")
-            encoded.append(frame)
-        qa = None
-        if self.questions is not None:
-            qa = self.questions(meta["caption"], meta.get("nouns", []), meta.get("verbs", []), cfg.question_type,
-                                d.rng)
-        return _Sample(plan, encoded, d.crop, d.flip, meta, qa)
+    def sample(self, raw_meta: np.ndarray, jpgs: np.ndarray, offsets: np.ndarray, decode: bool) -> _Sample:
+        """Draws, chosen frames and question of one sample (`sample.prepare`); raises `SampleError`."""
+        prepared = prepare(stored_sample(None, raw_meta, jpgs, offsets), self.config, self.epoch, self.questions)
+        if decode:
+            for frame in prepared.jpegs.values():
+                _decodes(frame)
+        return _Sample(prepared.plan, [prepared.jpegs[i] for i in prepared.plan], prepared.draws.crop,
+                       prepared.draws.flip, prepared.meta, prepared.qa)
 
-    def __call__(self, metas: list[np.ndarray], jpgs: list[np.ndarray], offsets: list[np.ndarray]) -> tuple:
+    def __call__(self, metas: list[np.ndarray], jpgs: list[np.ndarray], offsets: list[np.ndarray],
+                 *sources: list[np.ndarray]) -> tuple:
         cfg = self.config
+        decode, self.decode_first = self.decode_first > 0, max(0, self.decode_first - 1)
         samples: list[_Sample | None] = []
-        for raw_meta, data, bounds in zip(metas, jpgs, offsets):
+        for raw_meta, data, bounds, *infos in zip(metas, jpgs, offsets, *sources):
             try:
-                samples.append(self.sample(raw_meta, data, bounds))
-            except (ValueError, KeyError, TypeError) as err:
-                self.skip_log(Skip(_key_of(raw_meta), f"{type(err).__name__}: {err}"))
+                samples.append(self.sample(raw_meta, data, bounds, decode))
+                self.skip_log.good()
+            except SampleError as err:
                 samples.append(None)
+                try:
+                    self.skip_log(Skip(*_origin(infos, self.shards), err.reason, err.detail))
+                except TooManySkips as failure:  # DALI would wrap it in its own error: the loader raises it
+                    self.failure = failure
+                    raise
         # A rejected sample is decoded as a 16x16 placeholder and dropped after the pipeline.
         blank = _Sample([0] * cfg.num_frames, [self.placeholder] * cfg.num_frames, CropBox(0, 0, 16, 16), False,
                         {"key": "", "caption": ""}, None)
@@ -208,15 +225,12 @@ class HostStep:
         valid = [np.array(s is not None, np.uint8) for s in samples]
         keys = _padded([s.meta["key"].encode() for s in rows])
         kinds = [np.array(KINDS.index(s.qa.kind if s.qa else "none"), np.uint8) for s in rows]
-        # Evaluation keeps every caption of a video (MSR-VTT has 20), as the reference loader's extra["captions"].
-        captions = _padded([b"" if cfg.train else json.dumps(s.meta.get("captions", [s.meta["caption"]])).encode()
-                            for s in rows])
         tokens = tokenize_texts(cfg.tokenizer, [s.meta["caption"] for s in rows],
                                 [s.qa.question if s.qa else "" for s in rows],
                                 [s.qa.answer if s.qa else "" for s in rows], cfg.max_text_length)
         text = [list(tokens[name][part].numpy()) for name in ("text", "question", "answer")
                 for part in ("input_ids", "attention_mask")]
-        return (*encoded, anchor, window, flip, frames, crop, valid, keys, kinds, captions, *text)
+        return (*encoded, anchor, window, flip, frames, crop, valid, keys, kinds, *text)
 
 
 # --- the pipeline ------------------------------------------------------------------------------------------------
@@ -230,13 +244,12 @@ def default_device() -> str:
 
 
 def build_pipeline(config: LoaderConfig, files: list[ShardInfo], epoch: int, rank: int, world_size: int, device: str,
-                   device_id: int | None, questions: QuestionBuilder | None, checkpoint: bytes | None = None):
-    """The DALI pipeline of one epoch on ``rank`` (not yet built)."""
+                   device_id: int | None, host: HostStep, checkpoint: bytes | None = None):
+    """The DALI pipeline of one epoch on ``rank`` (not yet built); `host` is its host step."""
     from nvidia.dali import fn, pipeline_def, types
 
     cfg = config
-    host = HostStep(cfg, epoch, questions)
-    files = epoch_shards(files, cfg.seed, epoch, cfg.train)
+    files = epoch_shards(files, cfg.seed, epoch)
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers), device_id=device_id,
                   seed=sample_seed(cfg.seed, epoch, f"dali-rank{rank}") % 2**31, enable_checkpointing=True,
@@ -245,8 +258,9 @@ def build_pipeline(config: LoaderConfig, files: list[ShardInfo], epoch: int, ran
         jpgs, offsets, meta = fn.readers.webdataset(
             paths=[f.path for f in files], index_paths=[f.index for f in files], ext=["jpgs;jpg", "offsets", "json"],
             missing_component_behavior="empty", shard_id=rank, num_shards=world_size, stick_to_shard=True,
-            random_shuffle=cfg.train, pad_last_batch=not cfg.train, dont_use_mmap=True, name="Reader")
-        out = fn.python_function(meta, jpgs, offsets, function=host, batch_processing=True,
+            random_shuffle=True, dont_use_mmap=True, name="Reader")
+        sources = [fn.get_property(member, key="source_info") for member in (meta, jpgs, offsets)]
+        out = fn.python_function(meta, jpgs, offsets, *sources, function=host, batch_processing=True,
                                  num_outputs=cfg.num_frames + len(HostStep.OUTPUTS))
         encoded, rest = out[:cfg.num_frames], dict(zip(HostStep.OUTPUTS, out[cfg.num_frames:]))
         frames = [fn.decoders.image_slice(e, rest["anchor"], rest["window"], device=device, output_type=types.RGB,
@@ -303,21 +317,22 @@ class DaliLoader:
             device_id if device_id is not None else torch.cuda.current_device())
         self.files = dali_shards(config)
         self.num_samples = sum(f.samples for f in self.files)
-        if config.train:  # the same on every rank, so that no rank waits in a collective for one that ran dry
-            self.batches_per_epoch = self.num_samples // self.world_size // config.batch_size
-        else:
-            self.batches_per_epoch = -(-rank_samples(self.num_samples, self.rank, self.world_size)
-                                       // config.batch_size)
-        if config.train and self.batches_per_epoch < 1:
+        # the same on every rank, so that no rank waits in a collective for one that ran dry
+        self.batches_per_epoch = self.num_samples // self.world_size // config.batch_size
+        if self.batches_per_epoch < 1:
             raise ValueError(f"{config.source}: {self.num_samples} samples cannot give each of {self.world_size} "
                              f"ranks a batch of {config.batch_size}")
-        self.questions = QuestionBuilder(config.tokenizer, config.question_mode) if config.questions else None
+        self.questions = QuestionBuilder(config.tokenizer, config.question_mode)
+        self.skip_log = SkipLog(config.source, config.max_skip_share,
+                                skip_check_after(config.skip_check_after, self.num_samples // self.world_size))
         self.skipped = 0  # samples rejected so far, over all epochs
         self._epoch = 0  # of the pipeline being read
         self._batches = 0  # yielded in that epoch
         self._resume: tuple[bytes, int] | None = None  # (DALI checkpoint, valid samples to drop) for the next pipeline
         self._chunks: list[_Chunk] = []
         self._iterator = None
+        self._host: HostStep | None = None
+        self._decoded_at: bytes | None = None  # the checkpoint of the last batch retried with host-side decoding
 
     @property
     def epoch(self) -> int:
@@ -370,44 +385,50 @@ class DaliLoader:
     def __iter__(self) -> Iterator[Batch]:
         while True:
             yield from self._read_epoch()
-            if not self.config.train:
-                return
 
     def _read_epoch(self) -> Iterator[Batch]:
         while self._batches < self.batches_per_epoch:
             batch = self._next_batch()
-            if batch is None:  # evaluation: the pass is over
-                break
             self._batches += 1
             yield batch
         self._close()
         self._epoch, self._batches, self._resume = self._epoch + 1, 0, None
 
-    def _open(self) -> None:
+    def _open(self, decode_first: int = 0) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         checkpoint, skip = self._resume or (None, 0)
         self._resume = None
+        shards = rank_shards(epoch_shards(self.files, self.config.seed, self._epoch), self.rank, self.world_size)
+        self._host = HostStep(self.config, self._epoch, self.questions, self.skip_log, shards, decode_first)
         pipe = build_pipeline(self.config, self.files, self._epoch, self.rank, self.world_size, self.device,
-                              self.device_id, self.questions, checkpoint)
-        train = self.config.train
-        self._iterator = DALIGenericIterator(
-            pipe, list(OUTPUT_MAP), reader_name=None if train else "Reader",
-            last_batch_policy=LastBatchPolicy.PARTIAL, prepare_first_batch=False)
+                              self.device_id, self._host, checkpoint)
+        self._iterator = DALIGenericIterator(pipe, list(OUTPUT_MAP), last_batch_policy=LastBatchPolicy.PARTIAL,
+                                             prepare_first_batch=False)
         self._drop = skip
 
     def _close(self) -> None:
         self._iterator, self._chunks = None, []
 
-    def _fetch(self) -> bool:
-        """Append the next pipeline batch's valid samples to the chunks; False at the end of an evaluation pass."""
+    def _fetch(self) -> None:
+        """Append the next pipeline batch's valid samples to the chunks."""
         if self._iterator is None:
             self._open()
         before = self._iterator.checkpoints()[0]
         try:
             out = next(self._iterator)[0]
-        except StopIteration:
-            return False
+        except RuntimeError as err:
+            if self._host.failure is not None:
+                raise self._host.failure from None
+            if self._decoded_at == before:  # libjpeg accepted every frame of this batch, DALI's decoder did not
+                raise
+            # A frame with sound markers that DALI's decoder rejects: the pipeline is broken for good. Rebuild it
+            # from before this batch, with the host step decoding the batch's frames first to find the bad one.
+            warnings.warn(f"{self.config.source}: the decoder failed on a batch ({str(err).splitlines()[0][:200]}); "
+                          "retrying it with every frame checked by libjpeg first", RuntimeWarning, stacklevel=2)
+            self._decoded_at, self._resume = before, (before, self._drop)
+            self._open(decode_first=1)
+            return self._fetch()
         valid = out.pop("valid").bool().cpu()
         rejected = int((~valid).sum())
         if rejected:
@@ -418,15 +439,11 @@ class DaliLoader:
         self.skipped += rejected
         self._chunks.append(_Chunk(out, self._drop, before, rejected))
         self._drop = 0
-        return True
 
-    def _next_batch(self) -> Batch | None:
+    def _next_batch(self) -> Batch:
         size = self.config.batch_size
         while sum(len(c.data["video"]) - c.start for c in self._chunks) < size:
-            if not self._fetch():
-                if self._chunks and any(len(c.data["video"]) > c.start for c in self._chunks):
-                    break  # evaluation: a partial last batch
-                return None
+            self._fetch()
         parts, skipped, need = [], 0, size
         while need and self._chunks:
             chunk = self._chunks[0]
@@ -450,12 +467,8 @@ class DaliLoader:
         def strings(rows: torch.Tensor) -> list[str]:
             return [bytes(row).rstrip(b"\0").decode() for row in rows.tolist()]
 
-        questions = self.questions is not None
         extra = {"frames": data["frames"], "crop": data["crop"], "flip": data["flip"].bool()}
-        if not self.config.train:
-            extra["captions"] = [json.loads(c) for c in strings(data["captions"])]
         return Batch(
-            video=data["video"], text=tokens("text"), question=tokens("question") if questions else None,
-            answer=tokens("answer") if questions else None, keys=strings(data["keys"]),
-            kinds=[KINDS[k] for k in data["kinds"].tolist()] if questions else [], source=self.config.source,
+            video=data["video"], text=tokens("text"), question=tokens("question"), answer=tokens("answer"),
+            keys=strings(data["keys"]), kinds=[KINDS[k] for k in data["kinds"].tolist()], source=self.config.source,
             skipped=skipped, extra=extra, normalisation=self.config.normalisation)

@@ -1,4 +1,4 @@
-"""Multiple-choice questions for the MCQ pretext task (SPEC §2.2–2.4).
+"""Multiple-choice questions for the MCQ pretext task: a noun or verb phrase masked in the caption is the answer.
 
 Each training sample gets one question per iteration: one stored noun or verb phrase is drawn, its
 words in the caption are replaced by ``[MASK]`` tokens (as many as each word has word pieces, so the

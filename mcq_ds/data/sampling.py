@@ -12,9 +12,9 @@ import math
 import random
 from typing import NamedTuple
 
-from shards.frames import segment_frames
+from mcq_shards.frames import segment_frames
 
-# RandomResizedCrop(scale=(0.5, 1.0)) with torchvision's default aspect ratios (SPEC §3.4).
+# RandomResizedCrop(scale=(0.5, 1.0)) with torchvision's default aspect ratios, the original's training crop.
 CROP_SCALE = (0.5, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 
@@ -55,7 +55,7 @@ def random_resized_crop_box(rng: random.Random, height: int, width: int, scale: 
 
 
 def center_crop_box(height: int, width: int) -> CropBox:
-    """Evaluation view (SPEC §3.4): the centred square of the short side (Resize 256 → CenterCrop 256)."""
+    """Evaluation view: the centred square of the short side (Resize 256 → CenterCrop 256)."""
     side = min(height, width)
     return CropBox((height - side) // 2, (width - side) // 2, side, side)
 

@@ -10,7 +10,7 @@ Decoding uses `torchvision.io.decode_jpeg` (libjpeg-turbo) and resizing `torch.n
 channels-last uint8: measured here on 455×256 frames, that is about 1.7× PIL's decode + resize per frame, with
 pixels within 1/255 of PIL's. torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; the
 notice is silenced because TorchCodec's CPU wheels do not load next to a CPU torch yet
-(research/feasibility.md §6). When torchvision drops `decode_jpeg`, `decode_jpeg` here is the one function to
+(torchcodec 0.x). When torchvision drops `decode_jpeg`, `decode_jpeg` here is the one function to
 change.
 """
 from __future__ import annotations

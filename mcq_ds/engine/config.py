@@ -1,7 +1,8 @@
 """The resolved configuration of one training stage: stage preset ← config file ← command line.
 
 The resolved config is written to `<out>/config.json` and into every checkpoint, so a run can always be explained
-and repeated from its own folder.
+and repeated from its own folder. It also binds the folder to its run: a later command whose config differs from
+the one the folder (or the checkpoint it resumes) was made with is refused, see `config_changes`.
 """
 from __future__ import annotations
 
@@ -14,37 +15,50 @@ from typing import Any
 
 from .stages import STAGES
 
-DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
+COMMAND_DOC = ("Runs one curriculum stage (1f-noun, 4f-noun, 4f-verb, their clip-* versions, or the demo-* stages) on "
+               "a DeepSpeed ZeRO engine, on one machine or under `deepspeed --hostfile` (see launch/). Checkpoints go "
+               "to OUT/checkpoints and the final fp32 model to OUT/model; rerunning the same command resumes from the "
+               "newest complete checkpoint. Options left out take the stage's value (shown as 'the stage's'), then "
+               "the config file's, then the default shown.")
+
+DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"  # package data: found in any install
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    metadata = {"help": help, "choices": choices}
     if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"help": help})
-    return field(default=default, metadata={"help": help, "choices": choices})
+        return field(default_factory=dict, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
-    stage: str = _opt("demo-1f-noun", f"curriculum stage preset: {', '.join(STAGES)}")
-    data: dict[str, str] = _opt({}, "SOURCE=SHARDS for every source of the stage (cc3m, webvid), e.g. "
-                                "--data webvid=shards/webvid; SHARDS is a converted folder or a brace-expanded tar list")
+    stage: str = _opt("demo-1f-noun", "curriculum stage preset", tuple(STAGES))
+    data: dict[str, str] = _opt({}, "SOURCE=SHARDS for every source of the stage (cc3m, webvid), e.g. --data "
+                                "webvid=shards/webvid; SHARDS is a converted folder or a brace-expanded tar list")
     out: str = _opt("runs/train", "output folder: checkpoints/, model/, config.json, the local tracking record")
+    max_skip_share: float = _opt(0.5, "stop with an error naming the shard when more than this share of the samples "
+                                 "a data reader has read were unusable")
     init: str | None = _opt(None, "model folder to start from: the previous stage's OUT/model, or `mcq-ds init`")
-    model: str | None = _opt(None, "model preset for a fresh start without --init (default: the stage's)")
+    preset: str | None = _opt(None, "model preset for a fresh start without --init (default: the stage's)",
+                              ("base", "tiny", "demo", "clip-b32", "clip-b16", "clip-tiny"))
     frames: int | None = _opt(None, "frames per clip (default: the stage's)")
-    question_type: str | None = _opt(None, "noun | verb (verb falls back to noun; default: the stage's)")
-    question_mode: str = _opt("span", "span (mask the chosen phrase) | parity (the original's masking, SPEC §2.3)")
+    question_type: str | None = _opt(None, "the phrase a question masks (verb falls back to noun when a caption has no "
+                                     "verb phrase; default: the stage's)", ("noun", "verb"))
+    question_mode: str = _opt("span", "span: mask the chosen phrase's characters; parity: the original's masking "
+                              "(every occurrence of the phrase's words, whole words only)", ("span", "parity"))
     global_batch: int | None = _opt(None, "samples per optimizer step over all ranks (default: the stage's)")
     micro_batch: int | None = _opt(None, "samples per rank per forward (default: global batch / ranks)")
     lr: float | None = _opt(None, "base learning rate (default: the stage's)")
     epochs: int | None = _opt(None, "epochs, each one pass over the smallest source (default: the stage's)")
     milestones: list[int] | None = _opt(None, "epochs after which lr ×= 0.1 (default: the stage's)")
-    schedule: str = _opt("step", "step (the original's ×0.1 milestones) | cosine (warm-up + cosine)")
+    schedule: str = _opt("step", "step: the original's ×0.1 at each milestone; cosine: linear warm-up, then cosine",
+                         ("step", "cosine"))
     warmup_steps: int = _opt(0, "linear warm-up steps for --schedule cosine")
     max_steps: int | None = _opt(None, "stop after this many optimizer steps (default: epochs × steps per epoch)")
     temperature: float | None = _opt(None, "contrastive temperature τ (default: the stage's, 0.05; CLIP stages 0.01)")
-    ds_config: str | None = _opt(None, "DeepSpeed JSON (a path or a name in ds_configs/; default: "
-                                 "cpu_fp32.json on CPU, zero1_bf16.json on GPU)")
+    ds_config: str | None = _opt(None, "DeepSpeed JSON (a path, or a name in mcq_ds/ds_configs/; default: "
+                                 "cpu_fp32.json on CPU, zero2_bf16.json on GPU)")
     optimizer: str = _opt("torch", "AdamW implementation when the DeepSpeed JSON has no optimizer section: torch "
                           "(PyTorch's fused AdamW, nothing to compile) | deepspeed (DeepSpeed's FusedAdam, or CPU Adam "
                           "with offload: compiled at start-up unless prebuilt, see README)",
@@ -53,26 +67,32 @@ class TrainConfig:
                                            "step's estimated memory does not fit the GPU's free memory; off on CPU)")
     compile: bool = _opt(False, "torch.compile every transformer block (under ZeRO-3: DeepSpeed's engine.compile())")
     hflip: bool = _opt(True, "random horizontal flip in training (off for captions that say left/right)")
-    loader: str = _opt("torch", "torch (webdataset workers) | dali (NVIDIA DALI, GPU decoding when a GPU is there)")
+    loader: str = _opt("torch", "torch: the reference loader's worker processes; dali: NVIDIA DALI (GPU decoding "
+                       "when there is a GPU)", ("torch", "dali"))
     workers: int = _opt(4, "data-loading workers per rank")
     seed: int = _opt(0, "seed of every random draw (data, initialisation, dropout)")
     save_every: int = _opt(1000, "checkpoint every N optimizer steps (and at the end)")
     keep_last: int = _opt(3, "complete checkpoints to keep")
     log_every: int = _opt(10, "log metrics every N optimizer steps")
-    resume: str | None = _opt("latest", "latest (the newest complete checkpoint, if any), a checkpoint folder, "
-                              "or none for a fresh start")
+    resume: str | None = _opt("latest", "latest (the newest complete checkpoint, if any), a checkpoint folder (also "
+                              "another run's), or none for a fresh start. A rerun with other settings than the "
+                              "checkpoint's is refused; given on the command line, --resume continues with new "
+                              "data, lr, schedule, length, temperature, flip or question settings")
     mlflow_uri: str | None = _opt(None, "MLflow tracking server (default: a local sqlite store in OUT; none: off)")
     experiment: str = _opt("mcq-ds", "MLflow experiment name")
     run_name: str | None = _opt(None, "MLflow run name (default: the stage)")
 
     def stage_defaults(self) -> None:
-        """Fills every unset recipe value from the stage preset."""
-        if self.stage not in STAGES:
-            raise ValueError(f"unknown stage '{self.stage}'; choose one of {sorted(STAGES)}")
+        """Checks the enumerated options (a config file bypasses argparse's choices) and fills every unset recipe
+        value from the stage preset."""
+        for f in dataclasses.fields(self):
+            value, choices = getattr(self, f.name), f.metadata["choices"]
+            if choices and value is not None and value not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
         stage = STAGES[self.stage]
         for name, value in (("frames", stage.frames), ("question_type", stage.question_type),
                             ("global_batch", stage.global_batch), ("lr", stage.lr), ("epochs", stage.epochs),
-                            ("milestones", list(stage.milestones)), ("model", stage.model),
+                            ("milestones", list(stage.milestones)), ("preset", stage.preset),
                             ("temperature", stage.temperature)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -89,21 +109,53 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Settings that change how a run is executed, stored or watched, never what it computes: they may differ on any
+# rerun (a new --workers count restarts the current epoch on the new data split, as a new world size does).
+RUNTIME_KEYS = frozenset({"out", "resume", "workers", "log_every", "save_every", "keep_last", "mlflow_uri",
+                          "experiment", "run_name", "compile", "grad_checkpointing", "max_skip_share"})
+# Settings a deliberate resume (`--resume` given) may change: the new values take effect from the resumed step.
+ADJUSTABLE_KEYS = frozenset({"data", "lr", "epochs", "milestones", "max_steps", "schedule", "warmup_steps",
+                             "temperature", "hflip", "question_type", "question_mode"})
+# Every other setting (stage, init, preset, frames, batch sizes, ds_config, loader, seed) made the weights, the
+# optimizer state and the data position a checkpoint holds, and is fixed for the life of a run.
+
+
+def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """`{key: (saved value, new value)}` for the settings, other than runtime ones, in which `cfg` differs from the
+    config a run was made with (keys an older version did not record are not compared)."""
+    new = cfg.to_dict()
+    return {k: (saved[k], new[k]) for k in new if k in saved and k not in RUNTIME_KEYS and saved[k] != new[k]}
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (underscores become dashes); unset flags leave the lower layers alone."""
+    """One flag per TrainConfig field (underscores become dashes). Every flag's parsed default is None, so that an
+    unset flag leaves the config file's value alone; the help shows the value it gets."""
     parser.add_argument("--config", help="JSON file with any of the options below (command-line flags win)")
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flags = (["-o"] if f.name == "out" else []) + ["--" + f.name.replace("_", "-")]
+        help_ = f.metadata["help"]
+        if f.default is not None and f.default is not dataclasses.MISSING and "default" not in help_:
+            shown = {True: "on", False: "off"}.get(f.default, f.default) if isinstance(f.default, bool) else f.default
+            help_ += f" (default: {shown})"
         if f.name == "data":
-            parser.add_argument(flag, action="append", metavar="SOURCE=SHARDS", help=f.metadata["help"])
+            parser.add_argument(*flags, action="append", metavar="SOURCE=SHARDS", help=help_)
         elif f.type in ("bool | None", "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif f.name == "milestones":
-            parser.add_argument(flag, type=int, nargs="*", default=None, help=f.metadata["help"])
+            parser.add_argument(*flags, type=int, nargs="*", default=None, help=help_)
         else:
             kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None, choices=f.metadata.get("choices"),
-                                help=f.metadata["help"])
+            parser.add_argument(*flags, type=kind, default=None, choices=f.metadata["choices"], help=help_)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .train import run as train_run
+
+    return train_run(args)
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:
@@ -122,13 +174,15 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         raise ValueError(f"{args.config}: unknown training options {sorted(unknown)}")
     if values.get("resume") in ("none", "None", ""):
         values["resume"] = None
-    for f in dataclasses.fields(TrainConfig):  # a config file's values meet the same choices as the flags
-        choices = f.metadata.get("choices")
-        if choices and f.name in values and values[f.name] not in choices:
-            raise ValueError(f"{args.config}: {f.name} must be one of {', '.join(choices)}, got {values[f.name]!r}")
     cfg = TrainConfig(**values)
     cfg.stage_defaults()
     return cfg
+
+
+def resume_on_purpose(args: argparse.Namespace) -> bool:
+    """Whether `--resume` was given on the command line, rather than taken from its default or a config file (a
+    run's own config.json, reused as --config, holds one)."""
+    return getattr(args, "resume", None) is not None
 
 
 def _source_pair(item: str) -> tuple[str, str]:

@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 
 def step_decay(milestones: Sequence[int], gamma: float = 0.1) -> Callable[[int], float]:
-    """The original's schedule (SPEC §4.1): constant, ×gamma from each milestone step on, no warm-up."""
+    """The original's schedule: constant, ×gamma from each milestone step on, no warm-up."""
     return lambda step: gamma ** sum(step >= m for m in milestones)
 
 

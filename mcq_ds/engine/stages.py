@@ -1,4 +1,4 @@
-"""The MCQ curriculum as named stage presets (SPEC §2.5, §4.1–4.2).
+"""The MCQ curriculum as named stage presets: the original configs' frames, questions, sources, batch and lr.
 
 Each preset reproduces one original config: frames, question type, data sources, the global contrastive batch, the
 learning rate and its ×0.1 milestones. Epochs and milestones are in epochs of the original's definition (one pass
@@ -19,7 +19,7 @@ class Stage:
     lr: float
     epochs: int
     milestones: tuple[int, ...]  # epochs after which lr ×= 0.1
-    model: str  # model preset when a stage starts without --init weights
+    preset: str  # model preset when a stage starts without --init weights
     temperature: float = 0.05  # contrastive τ of both losses
 
 

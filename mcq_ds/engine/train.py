@@ -7,11 +7,11 @@ take a batch of the step's source, embed, MCQ loss, backward, step; log; checkpo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -20,27 +20,15 @@ import torch.distributed as dist
 
 from ..loss import MCQLoss
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
-from ..runtime import use_local_device
+from ..runtime import control_group, init_distributed, next_on_every_rank, pick_device, write_text_atomic
+from ..tracking import Tracker
 from . import checkpoints, optim, report
-from .config import DS_CONFIGS, TrainConfig, resolve
+from .config import (ADJUSTABLE_KEYS, DS_CONFIGS, TrainConfig, config_changes, describe_changes, resolve,
+                     resume_on_purpose)
 from .memory import checkpointing_default
 from .schedule import step_decay, warmup_cosine
-from .tracking import Tracker
 
 log = logging.getLogger("mcq_ds.train")
-
-
-def init_distributed() -> None:
-    """Joins the launcher's process group; a plain `mcq-ds train` becomes a 1-rank group (gloo on CPU)."""
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
 
 
 def build_model(cfg: TrainConfig):
@@ -48,12 +36,12 @@ def build_model(cfg: TrainConfig):
     if cfg.init:
         model, tokenizer = load_pretrained(cfg.init)
     else:
-        from ..config import preset
+        from ..model.presets import preset
 
-        model_cfg = preset(cfg.model)
+        model_cfg = preset(cfg.preset)
         model_cfg.video.num_frames = max(model_cfg.video.num_frames, cfg.frames)
         model, tokenizer = create_model(model_cfg), create_tokenizer(model_cfg)
-    if cfg.frames > model.cfg.video.num_frames:
+    if cfg.frames > model.cfg.video.num_frames and getattr(model.cfg.video, "temporal_attention", False):
         raise ValueError(f"stage {cfg.stage} uses {cfg.frames} frames; the model in {cfg.init} takes at most "
                          f"{model.cfg.video.num_frames}")
     return model, tokenizer
@@ -78,7 +66,7 @@ def compile_engine(engine) -> str:
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
-    """The JSON from ds_configs/ as is, plus the values that depend on this run."""
+    """The JSON from mcq_ds/ds_configs/ as is, plus the values that depend on this run."""
     path = Path(cfg.ds_config) if cfg.ds_config else DS_CONFIGS / (
         "zero2_bf16.json" if torch.cuda.is_available() else "cpu_fp32.json")
     if not path.is_file() and (DS_CONFIGS / path.name).is_file():
@@ -117,6 +105,8 @@ def make_loader(kind: str, loader_cfg, device: torch.device):
         from ..data.loader import ShardLoader
         return ShardLoader(loader_cfg)
     if kind == "dali":
+        if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+            raise ValueError("--loader dali needs NVIDIA DALI: pip install 'mcq-ds[dali]'")
         from ..data.dali import DaliLoader
         if device.type == "cuda":
             return DaliLoader(loader_cfg, device="mixed", device_id=device.index)
@@ -124,18 +114,64 @@ def make_loader(kind: str, loader_cfg, device: torch.device):
     raise ValueError(f"--loader must be torch or dali, got '{kind}'")
 
 
-def train(cfg: TrainConfig) -> Path:
+def bind_run_folder(cfg: TrainConfig, resume_from: Path | None, on_purpose: bool) -> dict[str, tuple]:
+    """A run folder belongs to one run. Refuses a command that would continue (or overwrite) the run in `cfg.out`
+    with settings it was not made with, unless `--resume` was given on purpose and the settings may change within a
+    run; returns those changes `{key: (old, new)}`, which then take effect from the resumed step."""
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    if resume_from is None and cfg.resume is None and checkpoints.complete_checkpoints(ckpt_dir):
+        raise ValueError(f"{ckpt_dir} holds checkpoints of a run; --resume none would start another run among them "
+                         f"(and --resume latest would later mix the two): use another --out, or delete {ckpt_dir}")
+    if resume_from is not None:
+        saved, where = checkpoints.saved_config(resume_from), f"the checkpoint {resume_from}"
+        newer = ", ".join(p.name for p in checkpoints.newer_checkpoints(ckpt_dir, resume_from))
+        if newer:
+            raise ValueError(f"{ckpt_dir} holds checkpoints newer than {resume_from} ({newer}); continuing from it "
+                             "would leave them for --resume latest to take after the next crash: move them out of "
+                             "the way first")
+    elif (out / "model" / "config.json").is_file() and (out / "config.json").is_file():
+        saved, where = json.loads((out / "config.json").read_text()), f"the finished run in {out}"
+    else:
+        return {}  # nothing of an earlier run to continue or to overwrite
+    changes = config_changes(saved or {}, cfg)
+    if not changes:
+        return {}
+    listing = describe_changes(changes)
+    fixed = sorted(k for k in changes if k not in ADJUSTABLE_KEYS)
+    if resume_from is not None and fixed:
+        raise ValueError(f"{where} was made with other settings ({listing}). {', '.join(fixed)} cannot change "
+                         "within a run (they made its weights, optimizer state and data position): use another "
+                         "--out for a new run (its --init can be this run's export)")
+    if not on_purpose:
+        raise ValueError(f"{where} was made with other settings ({listing}). Use another --out for a new run; or "
+                         "give --resume latest to continue this one with the new values from its last step "
+                         f"(possible for {', '.join(sorted(ADJUSTABLE_KEYS))}); or delete {out} to start over")
+    return changes
+
+
+def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
+    """Runs the stage. `resume_on_purpose`: `--resume` was given on the command line, which lets a resume change
+    the settings of `config.ADJUSTABLE_KEYS`."""
     import deepspeed
 
     from ..data.loader import LoaderConfig
 
-    device = use_local_device()  # first: every CUDA context, DALI pool and tensor below lands on this rank's GPU
-    init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
+    device = pick_device()  # first: every CUDA context, DALI pool and tensor below lands on this rank's GPU
+    rank, world = init_distributed(device, always=True)  # a plain `mcq-ds train` is a 1-rank group
+    control = control_group()
     on_gpu = device.type == "cuda"
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_from = checkpoints.resolve_resume(ckpt_dir, cfg.resume)
+    changes = bind_run_folder(cfg, resume_from, resume_on_purpose)
+    if rank == 0:  # the config in effect from here on; also tells at once when OUT cannot be written
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    # a checkpoint of another folder starts a new tracking run; its tag name may exist here too, so load by path
+    foreign = resume_from is not None and resume_from.parent.resolve() != ckpt_dir.resolve()
+    if resume_from is not None:
+        checkpoints.check_pickles(resume_from)  # before anything unpickles it
     torch.manual_seed(cfg.seed)  # the same initialisation on every rank and in every rerun
     model, tokenizer = build_model(cfg)
     ds = deepspeed_config(cfg, world)
@@ -145,17 +181,18 @@ def train(cfg: TrainConfig) -> Path:
     else:
         checkpointing = f"{'on' if cfg.grad_checkpointing else 'off'} (--grad-checkpointing)"
     model.set_grad_checkpointing(cfg.grad_checkpointing)
-    load_dir = ckpt_dir
+    load_dir = resume_from.parent if resume_from is not None else None
     if resume_from is not None and checkpoints.saved_world_size(resume_from) != world \
             and ds.get("zero_optimization", {}).get("stage", 0) > 0:
-        load_dir = checkpoints.universal(resume_from)  # ZeRO partitions depend on the world size: re-shard them
+        # ZeRO partitions depend on the world size: re-shard them
+        load_dir = checkpoints.universal(resume_from, ckpt_dir / "universal")
         ds["checkpoint"] = {"load_universal": True}
     loaders = {source: make_loader(cfg.loader, device=device, loader_cfg=LoaderConfig(
-        shards=cfg.data[source], source=source, train=True, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
+        shards=cfg.data[source], source=source, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
         batch_size=ds["train_micro_batch_size_per_gpu"], workers=cfg.workers, seed=cfg.seed, rank=rank,
         world_size=world, tokenizer=tokenizer, question_type=cfg.question_type, question_mode=cfg.question_mode,
         max_text_length=model.cfg.text.max_length,
-        normalisation=model.cfg.normalisation, hflip=cfg.hflip))
+        normalisation=model.cfg.normalisation, hflip=cfg.hflip, max_skip_share=cfg.max_skip_share))
         for source in cfg.sources}
     accumulation = ds["gradient_accumulation_steps"]
     total_steps, milestones = steps_plan(cfg, {s: loaders[s].batches_per_epoch // accumulation for s in cfg.sources})
@@ -175,10 +212,15 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout: reproducible, and different on every rank
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
 
-    step, run_id = 0, None
+    step, run_id, run_key, saved_step = 0, None, None, None
     if resume_from is not None:
-        _, client = engine.load_checkpoint(str(load_dir), tag=resume_from.name)
-        step, run_id = client["step"], client.get("mlflow_run_id")
+        with checkpoints.weights_only_loads():
+            _, client = engine.load_checkpoint(str(load_dir), tag=resume_from.name)
+        step = client["step"]
+        if not foreign:  # the same training run goes on: the same MLflow run and record key
+            run_id, run_key, saved_step = client.get("mlflow_run_id"), client.get("run_key"), step
+        if changes:
+            _continue_with(engine, cfg.lr, factor)
         own = checkpoints.load_rank_state(resume_from, rank)
         if checkpoints.saved_world_size(resume_from) != world:
             # the data split depends on the world size: the loaders restart the saved epoch on the new split
@@ -194,13 +236,20 @@ def train(cfg: TrainConfig) -> Path:
     iterators = {source: iter(loader) for source, loader in loaders.items()}
 
     out.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(cfg.mlflow_uri, cfg.experiment, cfg.run_name or cfg.stage, rank, out, run_id=run_id)
+    tracker = Tracker(cfg.mlflow_uri, cfg.experiment, cfg.run_name or cfg.stage, rank, out, run_id=run_id,
+                      run_key=run_key)
     if rank == 0:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         if run_id is None:
             tracker.log_params({"train": cfg.to_dict(), "deepspeed": ds, "world_size": world})
             tracker.log_config("train_config.json", cfg.to_dict())
             tracker.log_config("deepspeed_config.json", ds)
+        if foreign:
+            tracker.set_tags({"resumed_from": str(resume_from.resolve())})
+        if changes:
+            listing = describe_changes(changes)
+            log.warning("continuing from step %d with changed settings: %s", step, listing)
+            tracker.set_tags({f"changed_at_step_{step}": listing})
+            tracker.log_config(f"train_config_step{step:08d}.json", cfg.to_dict())
 
     loss_fn = MCQLoss(cfg.temperature)
     window = {"time": time.perf_counter(), "data": 0.0, "samples": 0, "steps": 0}
@@ -211,7 +260,7 @@ def train(cfg: TrainConfig) -> Path:
         source = cfg.sources[step % len(cfg.sources)]
         for _ in range(accumulation):
             t0 = time.perf_counter()
-            batch = next(iterators[source]).to(engine.device, dtype)
+            batch = next_on_every_rank(iterators[source], control).to(engine.device, dtype)
             window["data"] += time.perf_counter() - t0
             counters["skipped"] += batch.skipped
             counters["no_phrase"] += sum(k == "none" for k in batch.kinds)
@@ -226,9 +275,15 @@ def train(cfg: TrainConfig) -> Path:
             _log_window(engine, tracker, step, totals, window, counters, accumulation)
         if step % cfg.save_every == 0 or step == total_steps:
             _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters)
+            saved_step = step
+    if saved_step != step:  # resumed at the last step from elsewhere: the export reads this folder's checkpoint
+        _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters)
     export = _export(engine, ckpt_dir, step, model.cfg, tokenizer, out, rank)
     if rank == 0:
         tracker.log_artifacts(export, "model")
+        if cfg.mlflow_uri != "none":  # also as an MLflow pyfunc model that predicts embeddings (mcq_ds/serve/pyfunc.py)
+            from ..serve.pyfunc import log_pyfunc
+            log_pyfunc(tracker, export, out / "mlflow-model")
     tracker.close()
     return export
 
@@ -266,8 +321,18 @@ def _log_window(engine, tracker, step, totals, window, counters, accumulation) -
     window.update(time=time.perf_counter(), data=0.0, samples=0, steps=0)
 
 
+def _continue_with(engine, lr: float, factor) -> None:
+    """After a resume with changed settings: DeepSpeed restored the saved scheduler's base lr and the optimizer's
+    current lr; the new lr and schedule take over from this step."""
+    scheduler = engine.lr_scheduler
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    for group in scheduler.optimizer.param_groups:
+        group["lr"] = lr * factor(scheduler.last_epoch)
+
+
 def _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters) -> None:
-    common = {"step": step, "stage": cfg.stage, "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id}
+    common = {"step": step, "stage": cfg.stage, "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id,
+              "run_key": tracker.run_key}
     per_rank = {"loaders": {s: loader.state_dict() for s, loader in loaders.items()},
                 "rng": checkpoints.rng_state(), "counters": dict(counters)}
     checkpoints.save(engine, ckpt_dir, step, common, per_rank, cfg.keep_last)
@@ -280,7 +345,8 @@ def _export(engine, ckpt_dir, step, model_cfg, tokenizer, out, rank) -> Path:
         if engine.zero_optimization_stage() > 0:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=checkpoints.tag_for(step))
+            with checkpoints.weights_only_loads():
+                state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=checkpoints.tag_for(step))
         else:
             state = {k: v.float() for k, v in engine.module.state_dict().items()}
         model = create_model(model_cfg)
@@ -292,7 +358,7 @@ def _export(engine, ckpt_dir, step, model_cfg, tokenizer, out, rank) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    export = train(resolve(args))
+    export = train(resolve(args), resume_on_purpose(args))
     if dist.get_rank() == 0:
         print(f"exported {export}")
     return 0

@@ -12,8 +12,8 @@
   layout), read without executing pickled code.
 
 DeepSpeed's consolidation reads its files with `weights_only=False`, so every pickle of the checkpoint is first
-checked without unpickling it: it may name tensors, plain data and the three DeepSpeed classes a ZeRO checkpoint
-holds, nothing else. Anything more is refused before DeepSpeed opens the file.
+checked without unpickling it (`engine.checkpoints.check_pickles`: tensors, plain data and the three DeepSpeed
+classes a ZeRO checkpoint holds, nothing else), and DeepSpeed's reads run weights-only.
 """
 from __future__ import annotations
 
@@ -21,22 +21,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..config import preset
-from ..engine.checkpoints import complete_checkpoints
+from ..engine.checkpoints import check_pickles, complete_checkpoints, weights_only_loads
+from ..model.presets import preset
 from ..model import (CLIPMCQ, MCQ, create_model, create_tokenizer, from_original, load_pretrained, load_tokenizer,
                      model_config_from_dict)
+from ..model.loading import BRIDGE_PREFIXES
 from ..model.weights_io import load_pickled
 
-# Classes a ZeRO checkpoint's optimizer files pickle besides tensors (DeepSpeed 0.16–0.19).
-_DEEPSPEED_CLASSES = frozenset({
-    "deepspeed.runtime.zero.config.ZeroStageEnum",
-    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-    "deepspeed.utils.tensor_fragment.fragment_address",
-})
-_BRIDGE_PREFIXES = ("bridge_model.", "bridge_proj.")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
@@ -50,14 +43,17 @@ class LoadedModel:
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "step": self.step,
-                "bridge": hasattr(self.model, "bridge_model"), "max_frames": self.model.cfg.video.num_frames}
+                "bridge": hasattr(self.model, "bridge_model"),
+                "max_frames": self.model.cfg.video.num_frames if getattr(self.model.cfg.video, "temporal_attention",
+                                                                        False) else None}
 
 
 def load_model(path: str | Path, bridge: bool = False, frames: int | None = None,
                tokenizer: str | None = None) -> LoadedModel:
     """The model behind `path`, in eval mode on the CPU. `bridge=False` drops the BridgeFormer (retrieval needs
-    only the two encoders); `frames` raises the model's frame limit where nothing in it depends on the frame count
-    (MCQ has no temporal parameter); `tokenizer` is only used for original checkpoints, which do not carry one."""
+    only the two encoders); `frames` is the run's frame count, checked against a temporal table when the model has
+    one (MCQ has no frame-dependent parameter); `tokenizer` is only used for original checkpoints, which do not
+    carry one."""
     path = Path(path)
     if path.is_file():
         if path.suffix not in WEIGHT_SUFFIXES:
@@ -73,11 +69,9 @@ def load_model(path: str | Path, bridge: bool = False, frames: int | None = None
         loaded = LoadedModel(model, tok, "deepspeed", tag, step)
     else:
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if frames is not None and frames > loaded.model.cfg.video.num_frames:
-        if getattr(loaded.model.cfg.video, "temporal_attention", False):
-            raise ValueError(f"{path}: this model's temporal table has {loaded.model.cfg.video.num_frames} frames; "
-                             f"it cannot take {frames}")
-        loaded.model.cfg.video.num_frames = frames  # only a bound: the position table is tiled per frame
+    video = loaded.model.cfg.video
+    if frames is not None and frames > video.num_frames and getattr(video, "temporal_attention", False):
+        raise ValueError(f"{path}: this model's temporal table has {video.num_frames} frames; it cannot take {frames}")
     loaded.model.eval()
     return loaded
 
@@ -85,12 +79,9 @@ def load_model(path: str | Path, bridge: bool = False, frames: int | None = None
 def _original(path: Path, bridge: bool, frames: int | None, tokenizer: str | None):
     try:
         model = from_original(path, num_frames=frames or 4, bridge=bridge, tokenizer=tokenizer)
-    except KeyError as err:  # a tensor every MCQ checkpoint has is missing
-        raise ValueError(f"{path}: not an original MCQ checkpoint (no {err}); for CLIP weights such as MCQ_CLIP.pth "
-                         "make a model folder first with `mcq-ds convert-clip`") from None
     except ValueError as err:
         if bridge and "no BridgeFormer" in str(err):
-            raise ValueError(f"{path}: {err}. Attention maps need the BridgeFormer: use a pre-training checkpoint "
+            raise ValueError(f"{err}. Attention maps need the BridgeFormer: use a pre-training checkpoint "
                              "(MCQ.pth holds it) or a model folder exported by `mcq-ds train`") from None
         raise
     return model, load_tokenizer(model.cfg.text)
@@ -110,22 +101,15 @@ def deepspeed_tag(folder: Path) -> Path:
                             "run's OUT/model, OUT, or OUT/checkpoints/stepNNNNNNNN")
 
 
-def _check_pickles(tag: Path) -> None:
-    for file in sorted(tag.glob("*.pt")):
-        foreign = set(torch.serialization.get_unsafe_globals_in_checkpoint(file)) - _DEEPSPEED_CLASSES
-        if foreign:
-            raise ValueError(f"{file}: refused, the file names {sorted(foreign)[:5]}, which a DeepSpeed checkpoint "
-                             "of mcq-ds never holds; it will not be unpickled")
-
-
 def _deepspeed(tag: Path, bridge: bool) -> tuple[MCQ | CLIPMCQ, PreTrainedTokenizerBase, int | None]:
-    _check_pickles(tag)
+    check_pickles(tag)
     states = sorted(tag.glob("*model_states.pt"))
     client = load_pickled(states[0])
     if any(tag.glob("*zero_pp_rank_*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(tag.parent), tag=tag.name)
+        with weights_only_loads():
+            state = get_fp32_state_dict_from_zero_checkpoint(str(tag.parent), tag=tag.name)
     elif isinstance(client.get("module"), dict):
         state = client["module"]
     else:
@@ -133,7 +117,7 @@ def _deepspeed(tag: Path, bridge: bool) -> tuple[MCQ | CLIPMCQ, PreTrainedTokeni
     cfg = _run_model_config(tag, client.get("config") or {})
     if not bridge:
         cfg.bridge = False
-        state = {k: v for k, v in state.items() if not k.startswith(_BRIDGE_PREFIXES)}
+        state = {k: v for k, v in state.items() if not k.startswith(BRIDGE_PREFIXES)}
     elif not cfg.bridge:
         raise ValueError(f"{tag}: this run trained without a BridgeFormer; attention maps need one")
     model = create_model(cfg)
@@ -151,9 +135,9 @@ def _run_model_config(tag: Path, train: dict):
             if cfg.text.tokenizer and not Path(cfg.text.tokenizer).is_absolute():
                 cfg.text.tokenizer = str(folder / cfg.text.tokenizer)
             return cfg
-    if not train.get("model"):
+    if not train.get("preset"):
         raise ValueError(f"{tag}: cannot tell the model's architecture: no {run / 'model'}/config.json, and the "
                          "checkpoint's training config names neither an --init folder that still exists nor a preset")
-    cfg = preset(train["model"])
+    cfg = preset(train["preset"])
     cfg.video.num_frames = max(cfg.video.num_frames, train.get("frames") or 1)
     return cfg

@@ -1,45 +1,22 @@
-"""Running the two encoders at evaluation time: device and precision choice, windows averaged per video,
-texts in batches, and the process group of a multi-GPU evaluation."""
+"""Running the two encoders at evaluation time: precision choice, windows averaged per video, texts in batches."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from ..data.batch import Batch, Tokens
+from ..loss import l2_normalise
 from ..model import MCQ
-from ..runtime import use_local_device
 
 # Weights stay fp32 in "tf32" and "fp32". "tf32" lets a GPU run the fp32 matrix products on TF32 tensor cores
 # (inputs rounded to a 10-bit mantissa, sums in fp32), as the original's evaluation ran on A100s under torch 1.7.1,
 # whose default that was; "fp32" is IEEE fp32 throughout. On a CPU the two are the same. "bf16"/"fp16": autocast.
 PRECISIONS = {"tf32": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PRECISION = "tf32"
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    """`device` if given, else this rank's device (`runtime.use_local_device`: its GPU, made current, or the CPU)."""
-    if device:
-        return torch.device(device)
-    return use_local_device()
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size). Joins the process group a launcher (torchrun, deepspeed) describes in the environment;
-    a plain command is rank 0 of 1 and needs no group."""
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
 
 
 @contextlib.contextmanager
@@ -59,12 +36,6 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(before)
-
-
-def l2_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Unit rows, the norm clamped at `eps` as the original's `sim_matrix`."""
-    x = x.float()
-    return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
 @torch.no_grad()

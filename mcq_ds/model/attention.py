@@ -2,7 +2,8 @@
 
 Both work on a sequence laid out as `[CLS] + G groups of n tokens` (groups are frames for the VideoFormer and the
 bridge stream, spatial positions for the optional temporal attention). The [CLS] query attends to every token;
-every other query attends only to [CLS] + the tokens of its own group (SPEC §1.2, §1.5).
+every other query attends only to [CLS] + the tokens of its own group, as in the original
+VideoFormer and BridgeFormer.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """BridgeFormer: answers the multiple-choice question from the question's text states and the video's patches.
 
-One bridge block per VideoFormer block (SPEC §1.5). Block l reads the input of video block l (patch tokens only)
+One bridge block per VideoFormer block, as in the original. Block l reads the input of video block l (patch tokens only)
 and TextFormer hidden state ⌊l·T/V⌋ (T text layers, V video blocks; ⌊l/2⌋ for DistilBERT's 6 and ViT's 12), so
 the last video block's output and the last text layer are never seen. The stream starts as the first
 cross-attention output; every later block adds its cross-attention output to the stream, then applies masked

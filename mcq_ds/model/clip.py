@@ -1,4 +1,5 @@
-"""MCQ initialised from CLIP (SPEC §1.8): CLIP's two towers as VideoFormer and TextFormer, plus a BridgeFormer.
+"""MCQ initialised from CLIP, as the paper's MCQ-CLIP: CLIP's two towers as VideoFormer and TextFormer, plus a
+BridgeFormer.
 
     caption  ─► CLIP text tower ─► end-of-text token ─► ln_final ─► text_projection ─► text   (512-d)
     answer   ─► CLIP text tower ─► (the same)                                      ─► answer
@@ -15,100 +16,18 @@ The BridgeFormer design (the original never published it) and its reasons are in
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CLIP_PRESETS, VideoConfig, _build
+from ..config import CLIPMCQConfig, CLIPTextConfig, CLIPVisionConfig, VideoConfig
 from .attention import FactorisedAttention
 from .bridge_former import BridgeFormer
 from .checkpointing import maybe_checkpoint
-from .clip_tokenizer import BPE_VOCAB_SIZE
 from .mcq import ThreeFormer
 from .video_former import init_linear_and_norm
-
-
-@dataclass
-class CLIPVisionConfig:
-    """CLIP's visual tower (OpenAI ViT-B/32 by default)."""
-
-    img_size: int = 224
-    patch_size: int = 32
-    width: int = 768
-    depth: int = 12
-    heads: int = 12
-    mlp_ratio: float = 4.0
-    # Frames the pipelines feed by default (8 in the released evaluation, SPEC §5.4). The tower has no temporal
-    # parameter, so any number of frames works.
-    num_frames: int = 8
-
-    @property
-    def patches_per_frame(self) -> int:
-        return (self.img_size // self.patch_size) ** 2
-
-
-@dataclass
-class CLIPTextConfig:
-    """CLIP's causal text transformer. `tokenizer` is a folder written by `save_pretrained`; None builds CLIP's BPE
-    tokenizer from the vocabulary in the open_clip_torch wheel."""
-
-    vocab_size: int = BPE_VOCAB_SIZE + 1  # CLIP's BPE tokens + [MASK] for the MCQ questions
-    max_length: int = 77  # the context length: rows of the position table, and the tokenizer's limit
-    width: int = 512
-    depth: int = 12
-    heads: int = 8
-    mlp_ratio: float = 4.0
-    tokenizer: str | None = None
-
-
-@dataclass
-class CLIPMCQConfig:
-    video: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
-    text: CLIPTextConfig = field(default_factory=CLIPTextConfig)
-    embed_dim: int = 512  # CLIP's own projections are the heads
-    quick_gelu: bool = True  # OpenAI's weights use QuickGELU; most LAION/DataComp open_clip weights use GELU
-    bridge: bool = True  # False builds the retrieval model only
-    grad_checkpointing: bool = False
-    family: str = "clip"  # tells model folders of this model from MCQ ones (`load_pretrained`)
-    normalisation: ClassVar[str] = "clip"  # the pixel statistics CLIP was trained with (data.batch.NORMALISATION)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CLIPMCQConfig":
-        d = dict(d)
-        if d.get("family", "clip") != "clip":
-            raise ValueError(f"not a CLIP model config (family '{d['family']}')")
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown CLIP model config keys: {sorted(unknown)}")
-        video = _build(CLIPVisionConfig, d.pop("video", {}), "video")
-        text = _build(CLIPTextConfig, d.pop("text", {}), "text")
-        return cls(video=video, text=text, **d)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-def clip_preset(name: str) -> CLIPMCQConfig:
-    """`clip-b32`: the paper's CLIP ViT-B/32 model; `clip-b16`: the same with 16-pixel patches; `clip-tiny`: trains
-    on a laptop CPU (the demo curriculum and the tests)."""
-    if name == "clip-b32":
-        return CLIPMCQConfig()
-    if name == "clip-b16":
-        return CLIPMCQConfig(video=CLIPVisionConfig(patch_size=16))
-    if name == "clip-tiny":
-        return CLIPMCQConfig(video=CLIPVisionConfig(img_size=64, patch_size=16, width=128, depth=4, heads=4),
-                             text=CLIPTextConfig(width=128, depth=4, heads=4), embed_dim=64)
-    raise ValueError(f"unknown CLIP model preset '{name}'; choose one of {CLIP_PRESETS}")
 
 
 class LayerNorm(nn.LayerNorm):

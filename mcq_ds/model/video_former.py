@@ -1,8 +1,8 @@
-"""VideoFormer: a ViT-B/16 that reads F frames with one global [CLS] (SPEC §1.2).
+"""VideoFormer: a ViT-B/16 that reads F frames with one global [CLS], as the original MCQ.
 
 Tokens are `[CLS] + frame 1 patches + frame 2 patches + ...`; the spatial position table is tiled over frames and
 there is no temporal parameter, so frames interact only through [CLS] and frame order is invisible. The optional
-`temporal_attention` adds Frozen-in-Time's divided space-time block (SPEC §1.3) for users who want order to matter.
+`temporal_attention` adds Frozen-in-Time's divided space-time block for users who want order to matter.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class VideoFormer(nn.Module):
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
 
     def init_weights(self) -> None:
-        """SPEC §1.2: trunc-normal(0.02) Linear weights and position/[CLS] tables, zero biases, unit LayerNorms;
+        """As the original: trunc-normal(0.02) Linear weights and position/[CLS] tables, zero biases, unit LayerNorms;
         temporal attention starts as an exact no-op (Frozen's zero init: v = 0, so the output is 0)."""
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
@@ -97,8 +97,9 @@ class VideoFormer(nn.Module):
     def embed(self, video: torch.Tensor) -> torch.Tensor:
         """Patch tokens + tiled spatial positions (+ temporal positions when enabled), with [CLS] in front."""
         frames = video.shape[1]
-        if frames > self.cfg.num_frames:
-            raise ValueError(f"the model takes at most {self.cfg.num_frames} frames, got {frames}")
+        if hasattr(self, "temporal_embed") and frames > self.cfg.num_frames:
+            raise ValueError(f"the model's temporal position table has {self.cfg.num_frames} rows: it takes at most "
+                             f"{self.cfg.num_frames} frames, got {frames}")
         patches = self.patch_embed(video)
         pos = self.pos_embed[:, 1:]
         if hasattr(self, "temporal_embed"):

@@ -7,13 +7,14 @@ its arguments, so the tensors load and nothing foreign runs.
 """
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..runtime import atomic_write
 
 
 class InertObject:
@@ -61,14 +62,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: no state dict found (expected a mapping of tensors, or one under 'state_dict')")
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise ValueError(f"{path}: no state dict found (expected a mapping of names to tensors, or one under "
+                         "'state_dict')")
     return dict(obj)
 
 
 def save_safetensors_atomic(state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Writes next to the target and renames, so a crash never leaves a half-written model file behind."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp))

@@ -1,0 +1,166 @@
+"""``mcq-shards``: convert raw data sets into tar shards for mcq-ds, and verify shard directories."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mcq_shards import __version__, synth
+from mcq_shards.convert import ConvertError, Options, convert
+from mcq_shards.errors import describe_os_error
+from mcq_shards.phrases import DEFAULT_MODEL
+from mcq_shards.tables import InputError
+
+
+def _conversion_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--out", type=Path, required=True,
+                        help="output directory; rerun the same command into it to resume")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="worker processes (default: all %(default)s CPUs); does not change the output")
+    parser.add_argument("--shard-size", type=int, default=1000, help="input rows per shard (default %(default)s)")
+    parser.add_argument("--prefix", help="shard file prefix (default: the source name)")
+    parser.add_argument("--image-size", type=int, default=256,
+                        help="short side of stored images and frames, never upscaled (default %(default)s)")
+    parser.add_argument("--jpeg-quality", type=int, default=80, help="JPEG quality 1-100 (default %(default)s)")
+    parser.add_argument("--fps", type=float, default=2.0,
+                        help="video frames kept per second of the original (default %(default)s)")
+    parser.add_argument("--min-frames", type=int, default=8,
+                        help="frames kept from any video; shorter videos are rejected (default %(default)s)")
+    parser.add_argument("--max-frames", type=int, default=32, help="most frames kept per video (default %(default)s)")
+    parser.add_argument("--spacy-model", default=DEFAULT_MODEL, help="spaCy pipeline for phrases (default %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _outside_paths_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-outside-paths", action="store_true",
+                        help="read media paths from the table that are absolute or climb out of the data folder "
+                             "with '..' (default: such rows are rejected, so a table cannot pull in other files)")
+
+
+def _patterns(values: list[str]) -> list[Path]:
+    """Shard paths from arguments that may use brace ranges, ``'shards/{00000..00099}.tar'``."""
+    from braceexpand import braceexpand
+
+    return [Path(p) for value in values for p in braceexpand(value)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcq-shards", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mcq-shards {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("cc3m", help="Conceptual Captions: TSV + downloaded images, or img2dataset shards",
+                            description="Convert CC3M. Either the TSV (caption<TAB>url) with --images (img2dataset "
+                                        "'files' layout or crc32(url) file names), or img2dataset WebDataset "
+                                        "shards with --wds.")
+    p.add_argument("tsv", nargs="?", type=Path, help="Train_GCC-training.tsv or Validation_GCC-1.1.0-Validation.tsv")
+    p.add_argument("--images", type=Path, help="folder of downloaded images")
+    p.add_argument("--naming", choices=["auto", "img2dataset", "crc32"], default="auto",
+                   help="how the image files are named (default: detected)")
+    p.add_argument("--wds", nargs="+", metavar="SHARD", help="img2dataset output shards instead of TSV + images")
+    _conversion_options(p)
+
+    p = commands.add_parser("webvid", help="WebVid: CSV + videos/<page_dir>/<videoid>.mp4",
+                            description="Convert WebVid from its CSV (videoid, contentUrl, duration, page_dir, name).")
+    p.add_argument("csv", type=Path, help="e.g. results_2M_train.csv")
+    p.add_argument("--videos", type=Path, help="folder holding <page_dir>/<videoid>.mp4 (default: CSV folder/videos)")
+    _outside_paths_option(p)
+    _conversion_options(p)
+
+    p = commands.add_parser("msrvtt", help="MSR-VTT 1k-A test pairs or 9k training videos",
+                            description="Convert MSR-VTT with the JSFusion (1k-A) split: --split test gives exactly "
+                                        "the 1,000 standard text-video pairs, --split train the 9,000 training videos.")
+    p.add_argument("root", type=Path, help="MSR-VTT folder (annotation/, high-quality/structured-symlinks/, videos/all/)")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="default %(default)s")
+    p.add_argument("--annotations", type=Path, help="MSR_VTT.json (default: found under ROOT)")
+    p.add_argument("--split-list", type=Path, help="video id list (default: found under ROOT)")
+    p.add_argument("--caption-index", type=Path,
+                   help="jsfusion_val_caption_idx.pkl, or a CSV with video_id,caption_index (default: found under ROOT)")
+    p.add_argument("--videos", type=Path, help="folder of <video_id>.mp4 (default ROOT/videos/all)")
+    _outside_paths_option(p)
+    _conversion_options(p)
+
+    p = commands.add_parser("wds", help="WebDataset shards from img2dataset / video2dataset",
+                            description="Re-shard WebDataset tars (media + txt/json per sample), adding phrases "
+                                        "and normalising the media.")
+    p.add_argument("shards", nargs="+", help="input shards; brace ranges like 'in/{00000..00099}.tar' work")
+    _conversion_options(p)
+
+    p = commands.add_parser("csv", help="your own data: a CSV of media path and caption",
+                            description="Convert a CSV of (media path, caption); images and videos are told apart "
+                                        "by file extension.")
+    p.add_argument("csv", type=Path)
+    p.add_argument("--root", type=Path, help="base of relative media paths (default: the CSV's folder)")
+    p.add_argument("--path-column", default="path", help="default %(default)s")
+    p.add_argument("--caption-column", default="caption", help="default %(default)s")
+    p.add_argument("--id-column", help="column with a unique id for keys (default: the row number)")
+    p.add_argument("--delimiter", default=",", help="default %(default)r")
+    _outside_paths_option(p)
+    _conversion_options(p)
+
+    p = commands.add_parser("verify", help="check a shard directory's manifest, tars, index files and rejects",
+                            description="Check manifest.json, every tar (size, SHA-256, GNU format, samples), "
+                                        "every .idx and rejects.jsonl against each other; exit 1 on any difference.")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = commands.add_parser("synth", help="write a small procedural demo data set in the raw published layouts")
+    synth.add_arguments(p)
+    return parser
+
+
+def _rows(args: argparse.Namespace):
+    from mcq_shards.sources import cc3m, msrvtt, usercsv, wds, webvid
+
+    if args.command == "cc3m":
+        if args.wds:
+            return wds.read(_patterns(args.wds), "cc3m")
+        if not (args.tsv and args.images):
+            raise InputError("cc3m", None, None, "give the TSV and --images, or --wds shards")
+        return cc3m.read(args.tsv, args.images, args.naming)
+    if args.command == "webvid":
+        return webvid.read(args.csv, args.videos or args.csv.parent / "videos", args.allow_outside_paths)
+    if args.command == "msrvtt":
+        return msrvtt.read(args.root, args.split, args.annotations, args.split_list, args.caption_index, args.videos,
+                           args.allow_outside_paths)
+    if args.command == "wds":
+        return wds.read(_patterns(args.shards), "wds")
+    return usercsv.read(args.csv, args.root or args.csv.parent, args.path_column, args.caption_column,
+                        args.id_column, args.delimiter, args.allow_outside_paths)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "synth":
+        return synth.run(args)
+    if args.command == "verify":
+        from mcq_shards.verify import verify
+
+        problems = verify(args.dir, progress=not args.quiet)
+        for problem in problems:
+            print(problem)
+        print(f"{args.dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 1 if problems else 0
+    try:
+        options = Options(shard_size=args.shard_size, image_size=args.image_size, jpeg_quality=args.jpeg_quality,
+                          fps=args.fps, min_frames=args.min_frames, max_frames=args.max_frames,
+                          require_nouns=args.command != "msrvtt", spacy_model=args.spacy_model)
+        source = "cc3m" if args.command == "cc3m" else args.command
+        manifest = convert(_rows(args), args.out, source, options, args.workers, args.prefix, not args.quiet)
+    except (InputError, ConvertError, ValueError) as err:
+        print(f"mcq-shards {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a read-only or foreign output folder
+        print(f"mcq-shards {args.command}: error: {describe_os_error(err, args.out)}; rerun the same command to "
+              "resume afterwards", file=sys.stderr)
+        return 2
+    reasons = ", ".join(f"{n} {r}" for r, n in manifest["reject_reasons"].items())
+    print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards, {manifest['rejects']} rejected"
+          f"{f' ({reasons})' if reasons else ''} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
