@@ -8,7 +8,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from mcq_ds.config import preset
+from mcq_ds.model.presets import preset
 from mcq_ds.engine.train import compile_blocks
 from mcq_ds.model import Tokens, create_model
 from test_engine import finish, losses, mcq_ds, train_args

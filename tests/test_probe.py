@@ -9,7 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mcq_ds.bench.model import card_peak, matmul_math, mfu
-from mcq_ds.config import preset
+from mcq_ds.model.presets import preset
 from mcq_ds.engine.memory import training_state_bytes
 from mcq_ds.model import create_model
 from mcq_ds.model.checkpointing import maybe_checkpoint
