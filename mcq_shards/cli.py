@@ -10,11 +10,11 @@ from pathlib import Path
 from mcq_shards import __version__, synth
 from mcq_shards.convert import ConvertError, Options, convert
 from mcq_shards.errors import describe_os_error
-from mcq_shards.phrases import DEFAULT_MODEL
+from mcq_shards.phrases import DEFAULT_MODEL, SOURCES
 from mcq_shards.tables import InputError
 
 
-def _conversion_options(parser: argparse.ArgumentParser) -> None:
+def _conversion_options(parser: argparse.ArgumentParser, shuffle: bool = True) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True,
                         help="output directory; rerun the same command into it to resume")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
@@ -30,6 +30,20 @@ def _conversion_options(parser: argparse.ArgumentParser) -> None:
                         help="frames kept from any video; shorter videos are rejected (default %(default)s)")
     parser.add_argument("--max-frames", type=int, default=32, help="most frames kept per video (default %(default)s)")
     parser.add_argument("--spacy-model", default=DEFAULT_MODEL, help="spaCy pipeline for phrases (default %(default)s)")
+    parser.add_argument("--phrases", choices=SOURCES, default="textblob",
+                        help="noun phrases: textblob (the original's: TextBlob noun_phrases, lower-case, no "
+                             "determiners, NN* words when none) or spacy (noun chunks as written); verbs are always "
+                             "the original's spaCy pattern (default %(default)s)")
+    parser.add_argument("--phrases-file", type=Path, metavar="FILE",
+                        help="your own phrases instead: .jsonl or .csv (id or caption, nouns, verbs), or the "
+                             "original's *_noun_verb.tsv (matched by caption); samples it lacks are rejected")
+    order = parser.add_mutually_exclusive_group()
+    order.add_argument("--shuffle-seed", type=int, default=0 if shuffle else None,
+                       help="store the rows in a global shuffle with this seed, so every shard (and so every batch) "
+                            "mixes the whole input instead of neighbouring rows (default "
+                            f"{'%(default)s' if shuffle else 'off: input order'})")
+    order.add_argument("--no-shuffle", dest="shuffle_seed", action="store_const", const=None,
+                       help="keep the input order")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -80,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jsfusion_val_caption_idx.pkl, or a CSV with video_id,caption_index (default: found under ROOT)")
     p.add_argument("--videos", type=Path, help="folder of <video_id>.mp4 (default ROOT/videos/all)")
     _outside_paths_option(p)
-    _conversion_options(p)
+    _conversion_options(p, shuffle=False)  # an evaluation set: kept in the split file's order
 
     p = commands.add_parser("wds", help="WebDataset shards from img2dataset / video2dataset",
                             description="Re-shard WebDataset tars (media + txt/json per sample), adding phrases "
@@ -136,17 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "synth":
         return synth.run(args)
     if args.command == "verify":
-        from mcq_shards.verify import verify
+        from mcq_shards.verify import describe, verify
 
         problems = verify(args.dir, progress=not args.quiet)
         for problem in problems:
             print(problem)
+        for line in describe(args.dir):
+            print(f"{args.dir}: {line}")
         print(f"{args.dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
     try:
         options = Options(shard_size=args.shard_size, image_size=args.image_size, jpeg_quality=args.jpeg_quality,
                           fps=args.fps, min_frames=args.min_frames, max_frames=args.max_frames,
-                          require_nouns=args.command != "msrvtt", spacy_model=args.spacy_model)
+                          require_nouns=args.command != "msrvtt", spacy_model=args.spacy_model,
+                          shuffle_seed=args.shuffle_seed, phrases=args.phrases,
+                          phrases_file=str(args.phrases_file) if args.phrases_file else None)
         source = "cc3m" if args.command == "cc3m" else args.command
         manifest = convert(_rows(args), args.out, source, options, args.workers, args.prefix, not args.quiet)
     except (InputError, ConvertError, ValueError) as err:

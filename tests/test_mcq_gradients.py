@@ -22,7 +22,7 @@ def model_and_batch(demo_shards):
     loader = ShardLoader(LoaderConfig(shards=demo_shards["webvid"], source="webvid", tokenizer=tokenizer,
                                       num_frames=4, img_size=cfg.video.img_size, batch_size=6, workers=0,
                                       question_type="verb", hflip=False))
-    batch = next(iter(loader))
+    batch = next(iter(loader)).to("cpu")  # uint8 frames, normalised as the engine does
     assert "verb" in batch.kinds  # the verb stage's questions: the phrase asked about is the caption's motion
     return model, batch
 

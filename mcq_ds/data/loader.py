@@ -6,7 +6,7 @@ instead of an exception:
 
     read (tar samples at planned positions, `mcq_shards.reader`) → prepare (`sample.prepare`: json, `sampling.draw`,
     the chosen JPEG frames, the question) → shuffle within blocks → render (decode, crop, resize, flip, pad) → batch
-    (+ tokenise, normalise)
+    (uint8 pixels + tokenise)
 
 A worker whose stream is mostly unreadable stops with `TooManySkips` naming the shard
 (`LoaderConfig.max_skip_share`).
@@ -52,7 +52,7 @@ from .batch import NORMALISATION, Batch, Tokens
 from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts
 from .sample import Prepared, prepare
 from .sampling import sample_seed
-from .transforms import normalise, render_clip
+from .transforms import render_clip
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -74,6 +74,9 @@ class LoaderConfig:
     A reader (a worker, or the DALI host step) stops with `TooManySkips` when more than `max_skip_share` of the
     samples it has read were unusable, once it has read `skip_check_after` of them (about two WebVid shards) or its
     whole share of an epoch, if that is smaller (`mcq_shards.reader.skip_check_after`).
+    `frame_sampling` "time" takes training frames at the original's sampled instants (`sampling.draw` with the clip's
+    clock), "stored" by its index rule over the stored frames; `antialias` is the training resize's (the original
+    resized without). `mcq-ds train` sets both to the original's; these defaults keep the behaviour of older runs.
     """
 
     shards: str | os.PathLike | Sequence[str | os.PathLike]
@@ -92,6 +95,8 @@ class LoaderConfig:
     normalisation: str = "imagenet"
     hflip: bool = True
     shuffle_block: int = 256
+    frame_sampling: str = "stored"
+    antialias: bool = True
     prefetch_factor: int = 2
     pin_memory: bool | None = None  # default: when CUDA is available
     max_skip_share: float = 0.5
@@ -109,6 +114,8 @@ class LoaderConfig:
             raise ValueError(f"unknown normalisation {self.normalisation!r}; choose one of {sorted(NORMALISATION)}")
         if not 0 < self.max_skip_share <= 1:
             raise ValueError(f"max_skip_share must be in (0, 1], got {self.max_skip_share}")
+        if self.frame_sampling not in ("time", "stored"):
+            raise ValueError(f"frame_sampling must be 'time' or 'stored', got {self.frame_sampling!r}")
 
 
 # --- worker side -----------------------------------------------------------------------------------------------
@@ -276,7 +283,7 @@ class ShardStream(IterableDataset):
         meta = item.meta
         try:
             video = render_clip(item.jpegs, item.plan, item.draws.crop, item.draws.flip, self.cfg.img_size,
-                                meta["height"], meta["width"])
+                                meta["height"], meta["width"], self.cfg.antialias)
         except Exception as err:  # libjpeg's errors for truncated or garbled frames, size mismatches
             return Skip(shard, item.key, Reason.BAD_FRAME,
                         f"undecodable: {type(err).__name__}: {err}")
@@ -287,14 +294,21 @@ class ShardStream(IterableDataset):
     def _collate(self, samples: list[_Sample], skipped: int) -> dict:
         cfg = self.cfg
         captions = [s.caption for s in samples]
-        video = normalise([s.video for s in samples], cfg.normalisation)
+        # uint8 pixels, normalised on the training device (`Batch.to`). Stored channels-last, the layout the resize
+        # leaves the clips in, so filling the batch is a plain copy; the device makes it contiguous as it normalises.
+        frames, channels, height, width = samples[0].video.shape
+        pixels = torch.empty((len(samples), frames, height, width, channels), dtype=torch.uint8)
+        for row, sample in zip(pixels, samples):
+            row.copy_(sample.video.permute(0, 2, 3, 1))
+        video = pixels.permute(0, 1, 4, 2, 3)
         tokens = tokenize_texts(cfg.tokenizer, captions, [s.qa.question for s in samples],
                                 [s.qa.answer for s in samples], cfg.max_text_length)
         text, question, answer = (Tokens(tokens[k]["input_ids"], tokens[k]["attention_mask"])
                                   for k in ("text", "question", "answer"))
         extra: dict[str, Any] = {"frames": torch.tensor([s.plan for s in samples], dtype=torch.long)}
         return dict(video=video, text=text, question=question, answer=answer, keys=[s.key for s in samples],
-                    kinds=[s.qa.kind for s in samples], source=cfg.source, skipped=skipped, extra=extra)
+                    kinds=[s.qa.kind for s in samples], source=cfg.source, skipped=skipped, extra=extra,
+                    normalisation=cfg.normalisation)
 
 
 def _shuffle_blocks(items: Iterable, size: int, rng_for: Callable[[int], random.Random], first: int) -> Iterator:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mcq_shards.frames import ClipClock
 from mcq_shards.reader import Reason, SampleError, StoredSample, check_jpeg
 
 from .questions import QuestionAnswer, QuestionBuilder
@@ -32,8 +33,9 @@ class Prepared(NamedTuple):
 
 def prepare(sample: StoredSample, cfg: LoaderConfig, epoch: int, questions: QuestionBuilder | None) -> Prepared:
     """The draws of `sample` in `epoch`, its chosen frames and its question. Raises `SampleError`."""
+    clock = ClipClock.from_meta(sample.meta) if cfg.frame_sampling == "time" else None
     draws = draw(cfg.seed, epoch, sample.key, sample.num_stored, cfg.num_frames, sample.height, sample.width,
-                 train=True, hflip=cfg.hflip)
+                 train=True, hflip=cfg.hflip, clock=clock)
     jpegs = {i: check_jpeg(sample, i) for i in sorted(set(draws.frames))}
     qa = None
     if questions is not None:

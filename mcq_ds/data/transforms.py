@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torchvision.io import ImageReadMode
 from torchvision.io import decode_jpeg as _tv_decode_jpeg
 
-from .batch import NORMALISATION
 from .sampling import CropBox
 
 
@@ -52,12 +51,14 @@ def decode_jpeg(data: bytes | bytearray) -> torch.Tensor:
 
 
 def render_clip(jpegs: Mapping[int, bytes], plan: Sequence[int], crop: CropBox, flip: bool, size: int,
-                height: int, width: int) -> torch.Tensor:
+                height: int, width: int, antialias: bool = True) -> torch.Tensor:
     """The output frames of one clip, (len(plan), 3, size, size) uint8.
 
     `jpegs` maps each stored-frame index in `plan` to its JPEG; `plan` gives the stored frame of each output
     frame (`pad_frames`); `crop` is in stored pixels, and every frame must be `width` × `height` (as the sample's
-    json says: the crop was drawn for that size). Each distinct frame is decoded and resized once.
+    json says: the crop was drawn for that size). Each distinct frame is decoded and resized once. `antialias=False`
+    resizes as the original's torchvision 0.8.2 tensor transforms did (plain bilinear, which aliases when it
+    shrinks).
     """
     distinct = sorted(set(plan))
     crops = []
@@ -69,27 +70,9 @@ def render_clip(jpegs: Mapping[int, bytes], plan: Sequence[int], crop: CropBox, 
         crops.append(frame[crop.top:crop.top + crop.height, crop.left:crop.left + crop.width])
     # (n, h, w, 3) permuted to (n, 3, h, w) is channels-last: interpolate's fast uint8 antialias path.
     stack = torch.stack(crops).permute(0, 3, 1, 2)
-    resized = F.interpolate(stack, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    resized = F.interpolate(stack, size=(size, size), mode="bilinear", antialias=antialias, align_corners=False)
     if flip:
         resized = resized.flip(-1)
     if len(distinct) == len(plan) and distinct == list(plan):
         return resized
     return resized[[distinct.index(i) for i in plan]]
-
-
-def normalise(clips: Sequence[torch.Tensor], name: str) -> torch.Tensor:
-    """uint8 clips, each (F, 3, H, W) in any memory layout → one contiguous float32 batch (B, F, 3, H, W) of
-    (x / 255 - mean) / std.
-
-    Sample by sample into one preallocated batch, so each sample's floats are scaled while still in cache: the
-    float batch is 4× the bytes of the decoded frames, and converting it is a third of a worker's time (measured
-    about 15 % faster than converting the stacked batch in whole-batch passes).
-    """
-    if name not in NORMALISATION:
-        raise ValueError(f"unknown normalisation {name!r}; choose one of {sorted(NORMALISATION)}")
-    mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in NORMALISATION[name])
-    scale, shift = 1 / (255 * std), mean / std
-    out = torch.empty((len(clips), *clips[0].shape), dtype=torch.float32)
-    for frames, clip in zip(out, clips):
-        frames.copy_(clip).mul_(scale).sub_(shift)
-    return out

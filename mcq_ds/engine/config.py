@@ -49,6 +49,9 @@ class TrainConfig:
                               "(every occurrence of the phrase's words, whole words only)", ("span", "parity"))
     global_batch: int | None = _opt(None, "samples per optimizer step over all ranks (default: the stage's)")
     micro_batch: int | None = _opt(None, "samples per rank per forward (default: global batch / ranks)")
+    negatives: str = _opt("global", "global: with gradient accumulation too, every sample of the global batch is a "
+                          "negative for every other (embeddings cached, each micro-batch's forward run twice) | micro: "
+                          "negatives from one micro-batch of every rank (one forward)", ("global", "micro"))
     lr: float | None = _opt(None, "base learning rate (default: the stage's)")
     text_lr: float | None = _opt(None, "learning rate of the text tower (default: the stage's; the paper's stages "
                                  "train every part at --lr)")
@@ -63,11 +66,27 @@ class TrainConfig:
     temperature: float | None = _opt(None, "contrastive temperature τ (default: the stage's, 0.05; CLIP stages 0.01)")
     mcq_weight: float = _opt(1.0, "weight w of the MCQ term in L(text, video) + w·L(answer, bridge); 0 trains the "
                              "dual encoder alone, the paper's baseline (the BridgeFormer not run)")
+    adam_eps: float | None = _opt(None, "AdamW ε for the exact global-batch gradient (default: 1e-6 × the GPUs of the "
+                                  "original stage, 32 or 40, so updates are the paper's at any world size; demo stages "
+                                  "1e-6). The original's update on W GPUs is --adam-eps 1e-6×W")
+    adam_eps_style: str = _opt("transformers", "transformers: ε added before Adam's bias correction, as the "
+                               "original's transformers.AdamW | torch: ε added after it (torch/DeepSpeed AdamW as is)",
+                               ("transformers", "torch"))
     ds_config: str | None = _opt(None, "DeepSpeed JSON (a path, or a name in mcq_ds/ds_configs/; default: "
-                                 "cpu_fp32.json on CPU, zero1_bf16.json on GPU)")
-    grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on with a GPU)")
-    compile: bool = _opt(False, "torch.compile every transformer block")
+                                 "cpu_fp32.json on CPU, zero2_bf16.json on GPU)")
+    optimizer: str = _opt("torch", "AdamW implementation when the DeepSpeed JSON has no optimizer section: torch "
+                          "(PyTorch's fused AdamW, nothing to compile) | deepspeed (DeepSpeed's FusedAdam, or CPU Adam "
+                          "with offload: compiled at start-up unless prebuilt, see README)",
+                          choices=("torch", "deepspeed"))
+    grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on only when the "
+                                           "step's estimated memory does not fit the GPU's free memory; off on CPU)")
+    compile: bool = _opt(False, "torch.compile every transformer block (under ZeRO-3: DeepSpeed's engine.compile())")
     hflip: bool = _opt(True, "random horizontal flip in training (off for captions that say left/right)")
+    frame_sampling: str = _opt("time", "time: training frames at the instants the original sampled (uniform in each "
+                               "segment of the clip's own frames), each from the nearest stored frame | stored: the "
+                               "original's index rule applied to the stored frames", ("time", "stored"))
+    train_resize: str = _opt("original", "original: bilinear without antialiasing, as the original's torchvision 0.8.2 "
+                             "tensor transforms | antialias: antialiased bilinear", ("original", "antialias"))
     loader: str = _opt("torch", "torch: the reference loader's worker processes; dali: NVIDIA DALI (GPU decoding "
                        "when there is a GPU)", ("torch", "dali"))
     workers: int = _opt(4, "data-loading workers per rank")
@@ -96,7 +115,8 @@ class TrainConfig:
                             ("milestones", list(stage.milestones)), ("preset", stage.preset),
                             ("temperature", stage.temperature), ("schedule", stage.schedule),
                             ("warmup_steps", stage.warmup_steps), ("text_lr", stage.text_lr),
-                            ("frozen_text_layers", stage.frozen_text_layers)):
+                            ("frozen_text_layers", stage.frozen_text_layers),
+                            ("adam_eps", 1e-6 * stage.paper_ranks)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.mcq_weight < 0:

@@ -2,7 +2,7 @@
 
 Run it directly on one machine (`mcq-ds train ...`) or under the DeepSpeed launcher across nodes
 (`deepspeed --hostfile hosts --module mcq_ds.cli train ...`, see launch/). The loop is the whole story on one screen:
-take a batch of the step's source, embed, MCQ loss, backward, step; log; checkpoint.
+take the step's micro-batches of its source, embed, MCQ loss, backward, step (`train_step`); log; checkpoint.
 """
 from __future__ import annotations
 
@@ -11,19 +11,22 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ..loss import MCQLoss, answer_keys, mcq_choices
+from ..data.batch import Batch
+from ..loss import MCQLoss, MCQLossOutput, answer_keys, mcq_choices
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
 from ..runtime import control_group, init_distributed, next_on_every_rank, pick_device, write_text_atomic
 from ..tracking import Tracker
-from . import checkpoints
+from . import checkpoints, optim, report
 from .config import (ADJUSTABLE_KEYS, DS_CONFIGS, TrainConfig, config_changes, describe_changes, resolve,
                      resume_on_purpose)
+from .memory import checkpointing_default
 from .schedule import step_decay, warmup_cosine
 
 log = logging.getLogger("mcq_ds.train")
@@ -42,18 +45,32 @@ def build_model(cfg: TrainConfig):
     if cfg.frames > model.cfg.video.num_frames and getattr(model.cfg.video, "temporal_attention", False):
         raise ValueError(f"stage {cfg.stage} uses {cfg.frames} frames; the model in {cfg.init} takes at most "
                          f"{model.cfg.video.num_frames}")
-    model.set_grad_checkpointing(bool(cfg.grad_checkpointing))
     model.text_model.freeze_lower(cfg.frozen_text_layers)
-    if cfg.compile:
-        for block in [*model.video_model.blocks, *getattr(model, "bridge_model", model.video_model).blocks]:
-            block.compile()
     return model, tokenizer
+
+
+def compile_blocks(model: torch.nn.Module, **compile_kwargs) -> None:
+    """`torch.compile` each transformer block of the video tower and the bridge (every block of a tower shares one
+    graph; the bridge's first block, which has no stream yet, a second)."""
+    for block in [*model.video_model.blocks, *getattr(model, "bridge_model", model.video_model).blocks]:
+        block.compile(**compile_kwargs)
+
+
+def compile_engine(engine) -> str:
+    """ZeRO-3 gathers each submodule's weights in hooks around its forward: compiled block by block, every hooked
+    module is a graph break, so there the engine compiles the whole model itself (`engine.compile()`, which
+    DeepSpeed's hooks are written for). ZeRO 0-2 leave the forward alone: the blocks compile cleanly."""
+    if engine.zero_optimization_stage() == 3:
+        engine.compile()
+        return "engine.compile() (ZeRO-3)"
+    compile_blocks(engine.module)
+    return "torch.compile per transformer block"
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     """The JSON from mcq_ds/ds_configs/ as is, plus the values that depend on this run."""
     path = Path(cfg.ds_config) if cfg.ds_config else DS_CONFIGS / (
-        "zero1_bf16.json" if torch.cuda.is_available() else "cpu_fp32.json")
+        "zero2_bf16.json" if torch.cuda.is_available() else "cpu_fp32.json")
     if not path.is_file() and (DS_CONFIGS / path.name).is_file():
         path = DS_CONFIGS / path.name
     ds = json.loads(path.read_text())
@@ -64,8 +81,10 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
                          "integer number of accumulation steps; change --micro-batch or --global-batch")
     ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
               train_batch_size=cfg.global_batch)
-    if "optimizer" in ds:
-        ds["optimizer"].setdefault("params", {})["lr"] = cfg.lr
+    if "optimizer" in ds:  # the JSON's own optimizer: DeepSpeed builds it as written
+        ds["optimizer"].setdefault("params", {}).update(lr=cfg.lr, eps=cfg.adam_eps)
+    elif cfg.optimizer == "deepspeed":
+        ds["optimizer"] = optim.deepspeed_section(cfg.lr, cfg.adam_eps)
     return ds
 
 
@@ -92,8 +111,73 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
             {"params": [p for p in trained if id(p) in text], "lr": cfg.text_lr}]
 
 
-def make_loader(kind: str, loader_cfg):
-    """The reference (webdataset) or the DALI loader: both take the same config and yield the same `Batch`."""
+def train_step(engine, loss_fn: MCQLoss, batches: list[Batch], global_negatives: bool = True,
+               answers: torch.Tensor | None = None) -> MCQLossOutput:
+    """One optimizer step over this rank's micro-batches `batches`; returns the loss terms (this rank's share, no
+    graph: their mean over ranks is the step's loss). With `loss_fn.mcq_weight` 0 no question reaches the model
+    (the dual encoder alone); otherwise `answers`, when given, gathers the MCQ answer accuracy (`_count_answers`).
+
+    One micro-batch (the paper's setting), or `global_negatives=False`: forward, loss over the micro-batches of all
+    ranks, backward, for each. With accumulation and `global_negatives`, every sample of the global batch is a
+    negative for every other, as if the whole batch were one forward (GradCache, open_clip's --accum-freq): embed
+    every micro-batch without a graph, compute the loss over all of them and its gradient with respect to the
+    embeddings, then redo each micro-batch's forward with a graph and back-propagate those gradients. The torch
+    RNG is rewound before each second forward, so dropout draws the same masks and the gradients are exact.
+    """
+    mcq = loss_fn.mcq_weight > 0
+
+    def forward(batch: Batch) -> tuple[torch.Tensor, ...]:
+        if not mcq:
+            return tuple(engine(batch.video, batch.text))[:2]  # text and video: the BridgeFormer is not run
+        embeddings = engine(batch.video, batch.text, batch.question, batch.answer)
+        if answers is not None:
+            _count_answers(answers, embeddings, batch)
+        return tuple(embeddings)
+
+    if len(batches) == 1 or not global_negatives:
+        terms = []
+        for batch in batches:
+            out = loss_fn(*forward(batch))
+            engine.backward(out.loss)
+            engine.step()
+            terms.append(torch.stack(out).detach())
+        return MCQLossOutput(*torch.stack(terms).mean(0))
+    states, cached = [], []
+    with torch.no_grad():
+        for batch in batches:
+            states.append(_dropout_rng())
+            cached.append(forward(batch))
+    answers = None  # counted once, in the pass above
+    leaves = [torch.cat(parts).float().requires_grad_() for parts in zip(*cached)]
+    out = loss_fn(*leaves)
+    out.loss.backward()  # d(sum over ranks of their shares)/d(this rank's embeddings): the gather sums across ranks
+    sizes = [len(batch) for batch in batches]
+    grads = [leaf.grad.split(sizes) for leaf in leaves]
+    for k, (batch, state) in enumerate(zip(batches, states)):
+        _set_dropout_rng(state)
+        embeddings = forward(batch)
+        surrogate = sum((e.float() * g[k]).sum() for e, g in zip(embeddings, grads))
+        # the embedding gradients already make the whole step's ∇ (× ranks, which the data-parallel mean removes):
+        # no division by the accumulation steps
+        engine.backward(surrogate, scale_wrt_gas=False)
+        engine.step()
+    return MCQLossOutput(*(t.detach() for t in out))
+
+
+def _dropout_rng() -> tuple:
+    """The generators dropout draws from: torch's CPU one and, with a GPU, the current device's."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
+def _set_dropout_rng(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
+
+
+def make_loader(kind: str, loader_cfg, device: torch.device):
+    """The reference (webdataset) or the DALI loader: both take the same config and yield the same `Batch`. DALI
+    decodes on this rank's GPU (`device`), or on the CPU without one."""
     if kind == "torch":
         from ..data.loader import ShardLoader
         return ShardLoader(loader_cfg)
@@ -101,7 +185,9 @@ def make_loader(kind: str, loader_cfg):
         if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
             raise ValueError("--loader dali needs NVIDIA DALI: pip install 'mcq-ds[dali]'")
         from ..data.dali import DaliLoader
-        return DaliLoader(loader_cfg)
+        if device.type == "cuda":
+            return DaliLoader(loader_cfg, device="mixed", device_id=device.index)
+        return DaliLoader(loader_cfg, device="cpu")
     raise ValueError(f"--loader must be torch or dali, got '{kind}'")
 
 
@@ -148,11 +234,10 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
 
     from ..data.loader import LoaderConfig
 
-    rank, world = init_distributed(pick_device(), always=True)  # a plain `mcq-ds train` is a 1-rank group
+    device = pick_device()  # first: every CUDA context, DALI pool and tensor below lands on this rank's GPU
+    rank, world = init_distributed(device, always=True)  # a plain `mcq-ds train` is a 1-rank group
     control = control_group()
-    on_gpu = torch.cuda.is_available()
-    if cfg.grad_checkpointing is None:
-        cfg.grad_checkpointing = on_gpu
+    on_gpu = device.type == "cuda"
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_from = checkpoints.resolve_resume(ckpt_dir, cfg.resume)
@@ -167,28 +252,42 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     torch.manual_seed(cfg.seed)  # the same initialisation on every rank and in every rerun
     model, tokenizer = build_model(cfg)
     ds = deepspeed_config(cfg, world)
+    if cfg.grad_checkpointing is None:
+        choice = checkpointing_default(model, ds, world, cfg.frames, device)
+        cfg.grad_checkpointing, checkpointing = choice.enabled, choice.reason
+    else:
+        checkpointing = f"{'on' if cfg.grad_checkpointing else 'off'} (--grad-checkpointing)"
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     load_dir = resume_from.parent if resume_from is not None else None
     if resume_from is not None and checkpoints.saved_world_size(resume_from) != world \
             and ds.get("zero_optimization", {}).get("stage", 0) > 0:
         # ZeRO partitions depend on the world size: re-shard them
         load_dir = checkpoints.universal(resume_from, ckpt_dir / "universal")
         ds["checkpoint"] = {"load_universal": True}
-    loaders = {source: make_loader(cfg.loader, LoaderConfig(
+    loaders = {source: make_loader(cfg.loader, device=device, loader_cfg=LoaderConfig(
         shards=cfg.data[source], source=source, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
         batch_size=ds["train_micro_batch_size_per_gpu"], workers=cfg.workers, seed=cfg.seed, rank=rank,
         world_size=world, tokenizer=tokenizer, question_type=cfg.question_type, question_mode=cfg.question_mode,
         max_text_length=model.cfg.text.max_length,
-        normalisation=model.cfg.normalisation, hflip=cfg.hflip, max_skip_share=cfg.max_skip_share))
+        normalisation=model.cfg.normalisation, hflip=cfg.hflip, max_skip_share=cfg.max_skip_share,
+        frame_sampling=cfg.frame_sampling, antialias=cfg.train_resize == "antialias"))
         for source in cfg.sources}
     accumulation = ds["gradient_accumulation_steps"]
     total_steps, milestones = steps_plan(cfg, {s: loaders[s].batches_per_epoch // accumulation for s in cfg.sources})
     factor = step_decay(milestones) if cfg.schedule == "step" else warmup_cosine(cfg.warmup_steps, total_steps)
-    optimizer, groups = None, param_groups(model, cfg)
-    if "optimizer" not in ds:  # the original's AdamW: eps 1e-6, no weight decay
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
+    groups = param_groups(model, cfg)
+    optimizer = None if "optimizer" in ds else optim.torch_adamw(groups, cfg.lr, cfg.adam_eps)
+    ops_before = report.loaded_deepspeed_ops()
+    # DeepSpeed would set the device from LOCAL_RANK again; `device_rank` makes it take ours (the same GPU, or the one
+    # GPU a per-task CUDA_VISIBLE_DEVICES leaves, which LOCAL_RANK would overshoot)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, model_parameters=groups, config=ds,
+        args=argparse.Namespace(device_rank=device.index if on_gpu else int(os.environ["LOCAL_RANK"])),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
+    facts = report.describe(engine, device, loaders, ops_before, checkpointing, "off", cfg.frames)
+    if cfg.compile:  # after the report's forward, which runs without gradients: no graph is compiled for it
+        facts["compile"] = compile_engine(engine)
+    report.publish(facts, out)
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout: reproducible, and different on every rank
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
 
@@ -200,7 +299,7 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
         if not foreign:  # the same training run goes on: the same MLflow run and record key
             run_id, run_key, saved_step = client.get("mlflow_run_id"), client.get("run_key"), step
         if changes:
-            _continue_with(engine, cfg.lr, factor)
+            _continue_with(engine, [cfg.lr] + ([cfg.text_lr] if cfg.text_lr is not None else []), factor)
         own = checkpoints.load_rank_state(resume_from, rank)
         if checkpoints.saved_world_size(resume_from) != world:
             # the data split depends on the world size: the loaders restart the saved epoch on the new split
@@ -240,26 +339,21 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     counters = {"skipped": 0, "no_phrase": 0}
     while step < total_steps:
         source = cfg.sources[step % len(cfg.sources)]
+        window["eps"] = optim.set_adam_eps(engine.optimizer, cfg.adam_eps, cfg.adam_eps_style, step + 1)
+        batches = []
         for _ in range(accumulation):
             t0 = time.perf_counter()
-            batch = next_on_every_rank(iterators[source], control).to(engine.device, dtype)
+            batches.append(next_on_every_rank(iterators[source], control).to(engine.device, dtype))
             window["data"] += time.perf_counter() - t0
-            counters["skipped"] += batch.skipped
-            counters["no_phrase"] += sum(k == "none" for k in batch.kinds)
-            questions = (batch.question, batch.answer) if cfg.mcq_weight else ()  # none: the dual encoder alone
-            emb = engine(batch.video, batch.text, *questions)
-            loss = loss_fn(*emb)
-            engine.backward(loss.loss)
-            engine.step()
-            totals += torch.stack([loss.loss, loss.loss_vt, loss.loss_mcq]).detach().double()
-            if cfg.mcq_weight:
-                _count_answers(answers, emb, batch)
-            window["samples"] += len(batch)
+            counters["skipped"] += batches[-1].skipped
+            counters["no_phrase"] += sum(k == "none" for k in batches[-1].kinds)
+            window["samples"] += len(batches[-1])
+        totals += torch.stack(train_step(engine, loss_fn, batches, cfg.negatives == "global",
+                                         answers if cfg.mcq_weight else None)).double()
         step += 1
         window["steps"] += 1
         if step % cfg.log_every == 0 or step == total_steps:
-            _log_window(engine, tracker, step, totals, answers if cfg.mcq_weight else None, window, counters,
-                        accumulation)
+            _log_window(engine, tracker, step, totals, answers if cfg.mcq_weight else None, window, counters)
         if step % cfg.save_every == 0 or step == total_steps:
             _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters)
             saved_step = step
@@ -279,14 +373,16 @@ ANSWER_KINDS = ("noun", "verb")
 
 
 def _count_answers(answers: torch.Tensor, emb, batch) -> None:
-    """Adds this micro-batch's MCQ answer accuracy counts per question kind to `answers` (see `totals`)."""
+    """Adds this micro-batch's MCQ answer accuracy counts per question kind to `answers` (see `totals`): each
+    sample's pick among the answers of this micro-batch on every rank (the whole global batch without
+    accumulation)."""
     choices = mcq_choices(emb.answer.detach(), emb.bridge.detach(), answer_keys(*batch.answer))
     for row, kind in enumerate(ANSWER_KINDS):
         mask = torch.tensor([k == kind for k in batch.kinds], device=answers.device)
         answers[row] += torch.stack([choices.correct[mask].sum(), choices.chance[mask].sum(), mask.sum()]).double()
 
 
-def _log_window(engine, tracker, step, totals, answers, window, counters, accumulation) -> None:
+def _log_window(engine, tracker, step, totals, answers, window, counters) -> None:
     """Global-batch means of the loss terms over the window, MCQ answer accuracy per question kind beside its
     chance level (in %; `answers` is None without MCQ), throughput, the data-wait share and counters."""
     world = dist.get_world_size()
@@ -295,10 +391,10 @@ def _log_window(engine, tracker, step, totals, answers, window, counters, accumu
                                              counters["no_phrase"]], dtype=torch.float64, device=totals.device),
                        answers.flatten() if answers is not None else totals[:0]])
     dist.all_reduce(stats)  # on the engine's device: NCCL reduces GPU tensors only
-    micro_steps = window["steps"] * accumulation * world
+    shares = window["steps"] * world  # one loss share per rank and step
     metrics = {
-        "loss": stats[0].item() / micro_steps, "loss_vt": stats[1].item() / micro_steps,
-        "loss_mcq": stats[2].item() / micro_steps, "lr": engine.get_lr()[0],
+        "loss": stats[0].item() / shares, "loss_vt": stats[1].item() / shares, "loss_mcq": stats[2].item() / shares,
+        "lr": engine.get_lr()[0], "adam_eps": window["eps"],
         "samples_per_second": stats[4].item() / elapsed,
         "samples_per_second_per_gpu": stats[4].item() / elapsed / world,
         "data_wait_share": stats[3].item() / world / elapsed, "skipped_samples": stats[5].item(),
@@ -333,12 +429,12 @@ def _log_window(engine, tracker, step, totals, answers, window, counters, accumu
     window.update(time=time.perf_counter(), data=0.0, samples=0, steps=0)
 
 
-def _continue_with(engine, lr: float, factor) -> None:
-    """After a resume with changed settings: DeepSpeed restored the saved scheduler's base lr and the optimizer's
-    current lr; the new lr and schedule take over from this step."""
+def _continue_with(engine, lrs: list[float], factor) -> None:
+    """After a resume with changed settings: DeepSpeed restored the saved scheduler's base lrs and the optimizer's
+    current lrs; the new lrs (one per group of `param_groups`) and schedule take over from this step."""
     scheduler = engine.lr_scheduler
-    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
-    for group in scheduler.optimizer.param_groups:
+    scheduler.base_lrs = list(lrs)
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
         group["lr"] = lr * factor(scheduler.last_epoch)
 
 

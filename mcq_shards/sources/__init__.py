@@ -36,6 +36,7 @@ class Row:
     where: str  # "file:line" (or "shard.tar:member"), for rejects
     extra: dict = field(default_factory=dict)  # source-specific JSON fields (MSR-VTT split, captions)
     reject: str | None = None
+    phrases: dict | None = None  # nouns and verbs as caption spans, when a --phrases-file gave them
 
 
 def make_key(source: str, raw_id: str) -> str:
