@@ -79,6 +79,11 @@ BACKGROUNDS: dict[str, tuple[str, str]] = {
     "speckles": ("speckled", "speckles"),
 }
 
+# Background pattern -> the hue of its muted tones. A tiny ViT trained from scratch tells two colours apart within
+# a few dozen steps but needs hundreds to tell patterns apart; with a tint of its own, the background is as quick to
+# learn as the shape's colour, and what stays hard is what needs more than colour: the shape, and the motion.
+TINTS: dict[str, float] = {"stripes": 0.6, "dots": 0.08, "checkerboard": 0.35, "speckles": 0.85}
+
 # A spinning circle looks still, so that combination is never rendered.
 EXCLUDED: frozenset[tuple[str, str]] = frozenset({("circle", "spin")})
 
@@ -313,8 +318,9 @@ def hold_out(rng: np.random.Generator, count: int = HELD_OUT) -> list[Combo]:
 
 
 def _texture(rng: np.random.Generator, kind: str, side: int) -> Texture:
-    """Muted, low-saturation tones, so that no background can be mistaken for a named colour."""
-    hue, saturation = rng.random(), rng.uniform(0.0, 0.3)
+    """Muted, low-saturation tones, so that no background can be mistaken for a named colour; each pattern keeps to
+    its own tint (TINTS), so a background can be told from one patch's colour as well as from its pattern."""
+    hue, saturation = (TINTS[kind] + rng.uniform(-0.04, 0.04)) % 1, rng.uniform(0.15, 0.3)
     low = rng.uniform(0.15, 0.35)
     tones = (low, low + rng.uniform(0.2, 0.35))
     colours = tuple(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, v)) for v in tones)
