@@ -15,7 +15,7 @@ mcq-shards webvid "$OUT/raw/webvid/results_train.csv" --videos "$OUT/raw/webvid/
 mcq-shards cc3m "$OUT/raw/cc3m/Train_GCC-training.tsv" --images "$OUT/raw/cc3m/images" -o "$OUT/shards/cc3m" --quiet
 mcq-shards msrvtt "$OUT/raw/msrvtt" -o "$OUT/shards/msrvtt-test" --quiet
 
-TRAIN="--no-hflip --schedule cosine --warmup-steps 6 --workers 1 --log-every 6 --mlflow-uri sqlite:///$OUT/mlflow.db --experiment mcq-ds-demo"
+TRAIN="--no-hflip --frozen-text-layers 4 --workers 1 --log-every 6 --mlflow-uri sqlite:///$OUT/mlflow.db --experiment mcq-ds-demo"
 mcq-ds train --stage demo-1f-noun --data cc3m="$OUT/shards/cc3m" --data webvid="$OUT/shards/webvid" \
   --out "$OUT/runs/1f-noun" $TRAIN
 mcq-ds train --stage demo-4f-noun --data webvid="$OUT/shards/webvid" --init "$OUT/runs/1f-noun/model" \

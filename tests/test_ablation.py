@@ -19,7 +19,7 @@ def shards(demo_shards, tmp_path_factory):
 
 
 def test_both_arms_train_on_the_same_steps_and_land_in_one_experiment(shards, capsys):
-    flags = "--preset tiny --global-batch 8 --max-steps 2 --log-every 1"
+    flags = "--preset tiny --frozen-text-layers 0 --global-batch 8 --max-steps 2 --log-every 1"  # tiny: 2 text layers
     assert main(["ablation", str(shards), "--seeds", "0", "--train-flags", flags]) == 0
     out = shards.parent / "ablation"
     printed = capsys.readouterr().out

@@ -147,14 +147,20 @@ def test_short_training_run_through_the_dali_loader(demo_shards, tmp_path):
 
 
 def test_mcq_weight_zero_trains_the_dual_encoder_alone(demo_shards, tmp_path):
-    """--mcq-weight 0, the paper's baseline: the BridgeFormer is never run, so its weights leave as they came."""
+    """--mcq-weight 0, the paper's baseline: the BridgeFormer is never run, so its weights leave as they came. With
+    --frozen-text-layers the fixed layers, which the ZeRO checkpoint does not hold, are exported as they came too."""
     finish(mcq_ds("init", "-o", str(tmp_path / "init"), "--preset", "tiny"))
     out = tmp_path / "run"
     finish(mcq_ds(*train_args(demo_shards, out, "--init", str(tmp_path / "init"), "--mcq-weight", "0",
-                              "--max-steps", "2")))
+                              "--max-steps", "2", "--frozen-text-layers", "1")))
     before, after = load_file(tmp_path / "init/model.safetensors"), load_file(out / "model/model.safetensors")
+    assert set(before) == set(after)
     bridge = [k for k in before if k.startswith(("bridge_model.", "bridge_proj."))]
     assert bridge and all(torch.equal(before[k], after[k]) for k in bridge)
+    fixed = [k for k in before if k.startswith("text_model.") and ("embeddings." in k or ".layer.0." in k)]
+    assert fixed and all(torch.equal(before[k], after[k]) for k in fixed)
+    assert not torch.equal(before["text_model.encoder.transformer.layer.1.ffn.lin1.weight"],
+                           after["text_model.encoder.transformer.layer.1.ffn.lin1.weight"])
     assert not torch.equal(before["video_proj.weight"], after["video_proj.weight"])
     logged = metrics(out)
     assert sorted(logged) == [1, 2] and all("loss_mcq" not in m and "mcq_accuracy_noun" not in m

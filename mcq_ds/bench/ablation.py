@@ -10,7 +10,8 @@ text→video R@1/5/10 and the motion probe (`mcq_ds.eval.probe`). The table give
 seeds of each arm and of the per-seed difference (MCQ − baseline), and the verb stage's last MCQ answer accuracy
 beside its chance level. Every training and evaluation run goes to one MLflow experiment (run names say the arm and
 the seed), so the curves sit side by side; everything lands in OUT (default: beside the shards, `ablation/`), and a
-rerun skips what is already there. `--train-flags` adds `mcq-ds train` flags to every training run of both arms.
+rerun skips what is already there. Training takes the demo's recipe (the stage presets with launch/demo.sh's flags,
+DEMO_FLAGS); `--train-flags` adds `mcq-ds train` flags to every training run of both arms (later flags win).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 
 ARMS = {"mcq": 1.0, "baseline": 0.0}  # arm name -> --mcq-weight
+DEMO_FLAGS = ("--no-hflip", "--frozen-text-layers", "4")  # launch/demo.sh's flags beside the stage presets
 STAGES = ("demo-1f-noun", "demo-4f-noun", "demo-4f-verb")
 REPORTED = (("t2v R@1", ("metrics", "t2v", "R@1")), ("t2v R@5", ("metrics", "t2v", "R@5")),
             ("t2v R@10", ("metrics", "t2v", "R@10")), ("motion probe", ("motion_probe", "accuracy")))
@@ -56,7 +58,7 @@ def _train(args: argparse.Namespace, out: Path, arm: str, seed: int) -> Path:
                     "--workers", str(args.workers), "--mlflow-uri", args.mlflow_uri, "--experiment", args.experiment,
                     "--run-name", f"{arm} seed{seed} {stage}"]
             argv += [a for s in sources for a in ("--data", f"{s}={args.shards / s}")]
-            argv += (["--init", str(init)] if init else []) + shlex.split(args.train_flags)
+            argv += (["--init", str(init)] if init else []) + list(DEMO_FLAGS) + shlex.split(args.train_flags)
             train(resolve(parser.parse_args(argv)))
         init = run / "model"
     return init

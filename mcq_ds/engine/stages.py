@@ -38,15 +38,15 @@ STAGES: dict[str, Stage] = {
     "4f-verb": Stage(4, "verb", ("webvid",), 800, 1e-5, 10, (6, 8), "base", paper_ranks=40),
     # the same curriculum for the tiny model on the embedded demo data (a few minutes on a laptop CPU); its learning
     # rates were tuned with ε = 1e-6 on the exact gradient, so paper_ranks stays 1. The video tower and the bridge
-    # start from scratch and take large steps; the pre-trained text encoder keeps its embeddings and first 4 of 6
-    # layers (they are most of the step's compute, and the sentences need no new words) and tunes the top 2 slowly.
-    # Most steps go to the verb stage, the one that has to learn motion.
+    # start from scratch and take large steps; the pre-trained text encoder tunes slowly (and in launch/demo.sh keeps
+    # its embeddings and first 4 of 6 layers fixed, --frozen-text-layers 4: they are most of a step's compute, and the
+    # sentences need no new words). Most steps go to the verb stage, the one that has to learn motion.
     "demo-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 32, 3e-4, 6, (), "demo", schedule="cosine",
-                          warmup_steps=6, text_lr=5e-5, frozen_text_layers=4),
+                          warmup_steps=6, text_lr=5e-5),
     "demo-4f-noun": Stage(4, "noun", ("webvid",), 32, 2e-4, 2, (), "demo", schedule="cosine", warmup_steps=6,
-                          text_lr=3e-5, frozen_text_layers=4),
+                          text_lr=3e-5),
     "demo-4f-verb": Stage(4, "verb", ("webvid",), 32, 2e-4, 4, (), "demo", schedule="cosine", warmup_steps=6,
-                          text_lr=3e-5, frozen_text_layers=4),
+                          text_lr=3e-5),
     # MCQ from CLIP (README, "MCQ from CLIP"): the same curriculum, started from `mcq-ds convert-clip ViT-B-32.pt
     # --bridge`, at a tenth of the learning rates (the towers start aligned) and with CLIP's own τ = 1/100
     "clip-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 2048, 1e-5, 20, (12, 16), "clip-b32", 0.01, paper_ranks=32),

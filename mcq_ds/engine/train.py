@@ -448,13 +448,21 @@ def _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters) -> None:
 
 def _export(engine, ckpt_dir, step, model_cfg, tokenizer, out, rank) -> Path:
     """fp32 weights as `<out>/model` (model.safetensors + config.json + tokenizer/), from the ZeRO master copy."""
+    import deepspeed
+
     folder = out / "model"
+    # Parameters a stage keeps fixed (--frozen-text-layers) are outside the optimizer, and ZeRO 1-2 checkpoints hold
+    # no fp32 copy of them; they never change, so they come from the model itself (gathered on every rank at ZeRO-3).
+    frozen = [(n, p) for n, p in engine.module.named_parameters() if not p.requires_grad]
+    with deepspeed.zero.GatheredParameters([p for _, p in frozen], enabled=engine.zero_optimization_stage() == 3):
+        fixed = {n: p.detach().float().cpu().clone() for n, p in frozen}
     if rank == 0:
         if engine.zero_optimization_stage() > 0:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             with checkpoints.weights_only_loads():
                 state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=checkpoints.tag_for(step))
+            state = {**fixed, **state}
         else:
             state = {k: v.float() for k, v in engine.module.state_dict().items()}
         model = create_model(model_cfg)
