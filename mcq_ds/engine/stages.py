@@ -43,9 +43,9 @@ STAGES: dict[str, Stage] = {
     # sentences need no new words). Most steps go to the verb stage, the one that has to learn motion.
     "demo-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 32, 3e-4, 6, (), "demo", schedule="cosine",
                           warmup_steps=6, text_lr=5e-5),
-    "demo-4f-noun": Stage(4, "noun", ("webvid",), 32, 2e-4, 2, (), "demo", schedule="cosine", warmup_steps=6,
+    "demo-4f-noun": Stage(4, "noun", ("webvid",), 32, 2e-4, 1, (), "demo", schedule="cosine", warmup_steps=6,
                           text_lr=3e-5),
-    "demo-4f-verb": Stage(4, "verb", ("webvid",), 32, 2e-4, 4, (), "demo", schedule="cosine", warmup_steps=6,
+    "demo-4f-verb": Stage(4, "verb", ("webvid",), 32, 2e-4, 2, (), "demo", schedule="cosine", warmup_steps=6,
                           text_lr=3e-5),
     # MCQ from CLIP (README, "MCQ from CLIP"): the same curriculum, started from `mcq-ds convert-clip ViT-B-32.pt
     # --bridge`, at a tenth of the learning rates (the towers start aligned) and with CLIP's own τ = 1/100
