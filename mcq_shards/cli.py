@@ -10,6 +10,7 @@ from pathlib import Path
 from mcq_shards import __version__, synth
 from mcq_shards.convert import ConvertError, Options, convert
 from mcq_shards.phrases import DEFAULT_MODEL
+from mcq_shards.sources import didemo, lsmdc, msrvtt, msvd
 from mcq_shards.tables import InputError
 
 
@@ -30,6 +31,16 @@ def _conversion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=32, help="most frames kept per video (default %(default)s)")
     parser.add_argument("--spacy-model", default=DEFAULT_MODEL, help="spaCy pipeline for phrases (default %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _test_set_options(parser: argparse.ArgumentParser, published: int | None) -> None:
+    size = f"the published {published:,}" if published else "none published: the split files' own count"
+    parser.add_argument("--test-size", type=int, default=published, metavar="N",
+                        help=f"videos the test split must have (default: {size}); give it for another layout, such "
+                             "as the demo data's")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="accept a test split with fewer videos than that, or with videos rejected (missing or "
+                             "undecodable): its numbers are then not comparable with published ones")
 
 
 def _patterns(values: list[str]) -> list[Path]:
@@ -61,16 +72,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=Path, help="folder holding <page_dir>/<videoid>.mp4 (default: CSV folder/videos)")
     _conversion_options(p)
 
-    p = commands.add_parser("msrvtt", help="MSR-VTT 1k-A test pairs or 9k training videos",
-                            description="Convert MSR-VTT with the JSFusion (1k-A) split: --split test gives exactly "
-                                        "the 1,000 standard text-video pairs, --split train the 9,000 training videos.")
+    p = commands.add_parser("msrvtt", help="MSR-VTT 1k-A test pairs or the 9k / 7k training videos",
+                            description="Convert MSR-VTT: --split test gives exactly the 1,000 standard 1k-A "
+                                        "(JSFusion) text-video pairs, --split train the 9,000 JSFusion training "
+                                        "videos, --split train7k the 7,010 of the official train + val splits, "
+                                        "all captions kept.")
     p.add_argument("root", type=Path, help="MSR-VTT folder (annotation/, high-quality/structured-symlinks/, videos/all/)")
-    p.add_argument("--split", choices=["test", "train"], default="test", help="default %(default)s")
+    p.add_argument("--split", choices=list(msrvtt.SPLITS), default="test", help="default %(default)s")
     p.add_argument("--annotations", type=Path, help="MSR_VTT.json (default: found under ROOT)")
-    p.add_argument("--split-list", type=Path, help="video id list (default: found under ROOT)")
+    p.add_argument("--split-list", type=Path, help="video id list, or a CSV with a video_id column such as "
+                   "CLIP4Clip's MSRVTT_train.7k.csv (default: found under ROOT)")
     p.add_argument("--caption-index", type=Path,
                    help="jsfusion_val_caption_idx.pkl, or a CSV with video_id,caption_index (default: found under ROOT)")
     p.add_argument("--videos", type=Path, help="folder of <video_id>.mp4 (default ROOT/videos/all)")
+    _test_set_options(p, msrvtt.TEST_SIZE)
+    _conversion_options(p)
+
+    p = commands.add_parser("msvd", help="MSVD: 670 test videos (every caption a query), 1,200 training videos",
+                            description="Convert MSVD from raw-captions.pkl and {train,val,test}_list.txt "
+                                        "(CLIP4Clip's / collaborative-experts' layout); every caption of a video is "
+                                        "kept, the test protocol makes each one a query.")
+    p.add_argument("root", type=Path, help="MSVD folder (raw-captions.pkl, *_list.txt, YouTubeClips/)")
+    p.add_argument("--split", choices=list(msvd.SPLITS), default="test", help="default %(default)s")
+    p.add_argument("--captions", type=Path, help="raw-captions.pkl, or a JSON {video id: [captions]} (default: "
+                   "found under ROOT)")
+    p.add_argument("--split-list", type=Path, help="video id list (default: ROOT/<split>_list.txt)")
+    p.add_argument("--videos", type=Path, help="folder holding <video id>.avi anywhere below (default ROOT)")
+    _test_set_options(p, msvd.TEST_SIZE)
+    _conversion_options(p)
+
+    p = commands.add_parser("lsmdc", help="LSMDC: the 1,000-clip public test, or the training / validation clips",
+                            description="Convert LSMDC from its tab-separated annotation files (LSMDC16_annos_"
+                                        "training.csv, LSMDC16_annos_val.csv, LSMDC16_challenge_1000_publictect.csv).")
+    p.add_argument("root", type=Path, help="LSMDC folder (the annotation files and the clips' movie folders)")
+    p.add_argument("--split", choices=list(lsmdc.SPLITS), default="test", help="default %(default)s")
+    p.add_argument("--annotations", type=Path, help="the split's annotation file (default: found under ROOT)")
+    p.add_argument("--videos", type=Path, help="folder holding <movie>/<clip id>.avi anywhere below (default ROOT)")
+    _test_set_options(p, lsmdc.TEST_SIZE)
+    _conversion_options(p)
+
+    p = commands.add_parser("didemo", help="DiDeMo: paragraph-to-video retrieval, first 30 s of each video",
+                            description="Convert DiDeMo from {train,val,test}_data.json (+ CLIP4Clip's *_list.txt "
+                                        "when present): one sample per video, its moments' descriptions joined into "
+                                        "one paragraph, the video's first --max-seconds kept.")
+    p.add_argument("root", type=Path, help="DiDeMo folder (*_data.json, optional *_list.txt, the videos)")
+    p.add_argument("--split", choices=list(didemo.SPLITS), default="test", help="default %(default)s")
+    p.add_argument("--annotations", type=Path, help="the split's *_data.json (default: found under ROOT)")
+    p.add_argument("--split-list", type=Path, help="video names to keep (default: ROOT/<split>_list.txt when there "
+                   "is one, else every video of the annotation file)")
+    p.add_argument("--videos", type=Path, help="folder holding the videos by name anywhere below (default ROOT)")
+    p.add_argument("--max-seconds", type=float, default=didemo.ANNOTATED_SECONDS,
+                   help="keep each video's first seconds, the span DiDeMo's moments were annotated on (default "
+                        "%(default)s)")
+    _test_set_options(p, didemo.TEST_SIZE)
     _conversion_options(p)
 
     p = commands.add_parser("wds", help="WebDataset shards from img2dataset / video2dataset",
@@ -101,8 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BENCHMARKS = ("msrvtt", "msvd", "lsmdc", "didemo")
+
+
 def _rows(args: argparse.Namespace):
-    from mcq_shards.sources import cc3m, msrvtt, usercsv, wds, webvid
+    from mcq_shards.sources import cc3m, usercsv, wds, webvid
 
     if args.command == "cc3m":
         if args.wds:
@@ -114,6 +171,12 @@ def _rows(args: argparse.Namespace):
         return webvid.read(args.csv, args.videos or args.csv.parent / "videos")
     if args.command == "msrvtt":
         return msrvtt.read(args.root, args.split, args.annotations, args.split_list, args.caption_index, args.videos)
+    if args.command == "msvd":
+        return msvd.read(args.root, args.split, args.captions, args.split_list, args.videos)
+    if args.command == "lsmdc":
+        return lsmdc.read(args.root, args.split, args.annotations, args.videos)
+    if args.command == "didemo":
+        return didemo.read(args.root, args.split, args.annotations, args.split_list, args.videos)
     if args.command == "wds":
         return wds.read(_patterns(args.shards), "wds")
     return usercsv.read(args.csv, args.root or args.csv.parent, args.path_column, args.caption_column,
@@ -132,19 +195,46 @@ def main(argv: list[str] | None = None) -> int:
             print(problem)
         print(f"{args.dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
+    test_set = args.command in BENCHMARKS and args.split == "test"
     try:
+        # Benchmark sets keep captions without a noun phrase: they are evaluated and fine-tuned on without the
+        # BridgeFormer, so no question is built from them, and a test set must stay whole.
         options = Options(shard_size=args.shard_size, image_size=args.image_size, jpeg_quality=args.jpeg_quality,
                           fps=args.fps, min_frames=args.min_frames, max_frames=args.max_frames,
-                          require_nouns=args.command != "msrvtt", spacy_model=args.spacy_model)
-        source = "cc3m" if args.command == "cc3m" else args.command
-        manifest = convert(_rows(args), args.out, source, options, args.workers, args.prefix, not args.quiet)
+                          require_nouns=args.command not in BENCHMARKS, spacy_model=args.spacy_model,
+                          max_seconds=getattr(args, "max_seconds", None))
+        rows = list(_rows(args))
+        if test_set:
+            _check_listed(args, len(rows))
+        manifest = convert(rows, args.out, args.command, options, args.workers, args.prefix, not args.quiet)
     except (InputError, ConvertError, ValueError) as err:
         print(f"mcq-shards {args.command}: error: {err}", file=sys.stderr)
         return 2
     reasons = ", ".join(f"{n} {r}" for r, n in manifest["reject_reasons"].items())
     print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards, {manifest['rejects']} rejected"
           f"{f' ({reasons})' if reasons else ''} -> {args.out}")
+    if test_set and manifest["rejects"]:
+        message = (f"the {args.command} test set is incomplete: {manifest['rejects']} of its {len(rows)} videos were "
+                   f"rejected (listed with reasons in {args.out / 'rejects.jsonl'})")
+        if not args.allow_partial:
+            print(f"mcq-shards {args.command}: error: {message}; its numbers would not be comparable with published "
+                  "ones. Restore those videos and rerun this command (finished shards are kept), or pass "
+                  "--allow-partial", file=sys.stderr)
+            return 2
+        print(f"warning: {message}; --allow-partial given", file=sys.stderr)
     return 0
+
+
+def _check_listed(args: argparse.Namespace, listed: int) -> None:
+    """A test split whose files list another number of videos than the published test set is not that test set."""
+    if args.test_size is None or listed == args.test_size:
+        return
+    message = (f"the {args.command} test split lists {listed:,} videos, the test set has {args.test_size:,}")
+    if listed > args.test_size or not args.allow_partial:
+        raise InputError(args.root, None, None, f"{message}: are these the published split files? Give --test-size "
+                         f"{listed} for another layout" + ("" if listed > args.test_size else ", or --allow-partial "
+                                                            "to evaluate a partial set"))
+    print(f"warning: {message}; --allow-partial given", file=sys.stderr)
 
 
 if __name__ == "__main__":

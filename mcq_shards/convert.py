@@ -57,12 +57,15 @@ class Options:
     max_frames: int = 32
     require_nouns: bool = True
     spacy_model: str = DEFAULT_MODEL
+    max_seconds: float | None = None  # keep only each video's first seconds (DiDeMo: the annotated 30 s)
 
     def __post_init__(self):
         if self.shard_size < 1 or self.image_size < 1 or not 1 <= self.jpeg_quality <= 100:
             raise ValueError("shard size and image size must be positive, JPEG quality in 1..100")
         if self.fps <= 0 or not 1 <= self.min_frames <= self.max_frames:
             raise ValueError("fps must be positive and 1 <= min frames <= max frames")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError("max seconds must be positive")
 
 
 def convert(rows: Iterable[Row], out: Path, source: str, options: Options, workers: int | None = None,
@@ -285,7 +288,7 @@ def sample_members(row: Row, phrases: dict, options: Options) -> dict[str, bytes
         meta.update(width=image.width, height=image.height)
     else:
         clip = normalize_video(media, options.image_size, options.fps, options.min_frames, options.max_frames,
-                               options.jpeg_quality)
+                               options.jpeg_quality, options.max_seconds)
         members = {"jpgs": clip.jpgs, "offsets": clip.offsets}
         meta.update(clip.meta)
     members["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
