@@ -13,7 +13,7 @@ start=$(date +%s)
 if [ ! -f "$OUT/raw/synth.json" ]; then mcq-shards synth "$OUT/raw"; fi
 mcq-shards webvid "$OUT/raw/webvid/results_train.csv" --videos "$OUT/raw/webvid/videos" -o "$OUT/shards/webvid" --quiet
 mcq-shards cc3m "$OUT/raw/cc3m/Train_GCC-training.tsv" --images "$OUT/raw/cc3m/images" -o "$OUT/shards/cc3m" --quiet
-mcq-shards msrvtt "$OUT/raw/msrvtt" -o "$OUT/shards/msrvtt-test" --quiet
+mcq-shards msrvtt "$OUT/raw/msrvtt" --test-size 100 -o "$OUT/shards/msrvtt-test" --quiet  # the demo's test split
 
 TRAIN="--no-hflip --schedule cosine --warmup-steps 6 --workers 1 --log-every 6 --mlflow-uri sqlite:///$OUT/mlflow.db --experiment mcq-ds-demo"
 mcq-ds train --stage demo-1f-noun --data cc3m="$OUT/shards/cc3m" --data webvid="$OUT/shards/webvid" \
