@@ -171,11 +171,11 @@ def config_from_original(state: dict[str, torch.Tensor], num_frames: int = 4, br
 
 
 def from_original(path: str | Path, num_frames: int = 4, bridge: bool = True, tokenizer: str | None = None,
-                  head_dim: int = 64) -> MCQ:
+                  head_dim: int = 64, state: dict[str, torch.Tensor] | None = None) -> MCQ:
     """Builds a model from a released MCQ checkpoint (`MCQ.pth`, `MCQ_1frame.pth`, ...) or the released MILES model
     (`MILES.pth`, `bridge=False`) without the original code and without executing anything pickled in it.
-    `bridge=False` gives the retrieval model."""
-    state = read_state_dict(path)
+    `bridge=False` gives the retrieval model; `state` is the file's state dict when the caller has read it already."""
+    state = read_state_dict(path) if state is None else state
     cfg = config_from_original(state, num_frames=num_frames, bridge=bridge, tokenizer=tokenizer, head_dim=head_dim)
     model = MCQ(cfg)
     model.load_state_dict(original_to_mcq(state, bridge=bridge), strict=True)
