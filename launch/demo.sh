@@ -47,3 +47,4 @@ mcq-ds search "$OUT/features" "a blue square is sinking" --model "$MODEL" -k 5
 mcq-ds visualize "$MODEL" "$OUT/raw/msrvtt/videos/all/video1.mp4" "a blue square is sinking against dots" \
   --noun "blue square" --verb "is sinking" -o "$OUT/attention.png"
 echo "demo finished in $(( $(date +%s) - start )) s; MLflow: mlflow ui --backend-store-uri sqlite:///$OUT/mlflow.db"
+echo "search the test videos in a web page: mcq-ds serve $OUT/features --model $MODEL  (then open http://127.0.0.1:8000/)"

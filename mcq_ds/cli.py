@@ -26,6 +26,8 @@ COMMANDS = {
     "extract": ("mcq_ds.eval.extract", "videos and text queries to L2-normalised embeddings (.npy + ids), resumable"),
     "search": ("mcq_ds.eval.search", "top-k video ids and scores for text queries over saved embeddings"),
     "visualize": ("mcq_ds.eval.visualize", "PNG of the BridgeFormer's cross-attention for noun/verb questions"),
+    "serve": ("mcq_ds.serve.app", "a local search server and web page over extracted video embeddings"),
+    "export-onnx": ("mcq_ds.serve.onnx_export", "the text and video encoders as two ONNX files + the tokenizer"),
     "tracking-replay": ("mcq_ds.tracking", "push a run's local tracking record (tracking.jsonl) into MLflow"),
 }
 # benchmarks: `mcq-ds bench NAME ...`, each module's own `main(argv)`
@@ -35,6 +37,7 @@ BENCHMARKS = {
     "loader": ("mcq_ds.bench.loader", "throughput of the reference loader"),
     "dali": ("mcq_ds.bench.dali", "throughput of the DALI pipeline against the reference loader"),
     "extract": ("mcq_ds.bench.extract", "extraction and search speed"),
+    "serve": ("mcq_ds.bench.serve", "search server queries/s, latency and memory at 10 k and 1 M videos"),
 }
 
 
@@ -78,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (FileNotFoundError, ValueError) as err:
         print(f"mcq-ds {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a read-only or foreign output folder
+        from mcq_shards.errors import describe_os_error
+
+        print(f"mcq-ds {args.command}: error: {describe_os_error(err, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
 
 

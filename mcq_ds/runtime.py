@@ -38,20 +38,37 @@ def init_distributed(device: torch.device, always: bool = False) -> tuple[int, i
     """(rank, world size) after joining the launcher's process group (NCCL on a GPU, gloo on the CPU).
 
     A plain command (no launcher, or WORLD_SIZE=1) needs no group and gets (0, 1), unless `always`: the DeepSpeed
-    engine needs a group even alone, so it becomes a 1-rank group on a free port of 127.0.0.1."""
+    engine needs a group even alone, so it becomes a 1-rank group that listens on no network interface: torch's TCP
+    store would listen on all of them whatever MASTER_ADDR says, so that group keeps its store in memory, and gloo
+    (and NCCL) are pointed at the loopback interface unless the user chose one."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not always:
         return 0, 1
-    if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "RANK" in os.environ:
+        dist.init_process_group(backend)
+        return dist.get_rank(), dist.get_world_size()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # DeepSpeed looks for a launcher's variables and, missing them, for MPI
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    loopback = _loopback_interface()
+    if loopback:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return 0, 1
+
+
+def _loopback_interface() -> str | None:
+    import psutil
+
+    return next((name for name, addresses in psutil.net_if_addrs().items()
+                 if any(a.family == socket.AF_INET and a.address.startswith("127.") for a in addresses)), None)
 
 
 def control_group() -> dist.ProcessGroup | None:

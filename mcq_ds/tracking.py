@@ -23,7 +23,10 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
     TYPE_CHECKING, Any, Callable, Concatenate, Literal, Mapping, ParamSpec, TextIO,
@@ -178,9 +181,11 @@ class Tracker:
     """Rank-0 experiment tracking that never stops training.
 
     Construct it on every rank with the same arguments. ``run_id`` continues an MLflow run after a
-    restart (store :attr:`run_id` in the checkpoint). The first MLflow failure of any kind logs
-    one warning and ends MLflow traffic for this process, because every later call would wait
-    for the same dead server; the local record keeps every event.
+    restart, and ``run_key`` the run in the local record (store :attr:`run_id` and :attr:`run_key`
+    in the checkpoint: a run tracked without MLflow has no run id, and its replay must still make
+    one run of all its segments). The first MLflow failure of any kind logs one warning and ends
+    MLflow traffic for this process, because every later call would wait for the same dead server;
+    the local record keeps every event.
     """
 
     def __init__(
@@ -191,10 +196,12 @@ class Tracker:
         rank: int,
         local_dir: str | Path,
         run_id: str | None = None,
+        run_key: str | None = None,
     ) -> None:
         self._uri = uri
         self._local_dir = Path(local_dir)
         self._run_id = run_id
+        self._run_key = run_key or run_id or uuid.uuid4().hex
         self._client: MlflowClient | None = None
         self._params: dict[str, str] = {}
         self._renamed: set[str] = set()
@@ -210,8 +217,9 @@ class Tracker:
                 )
             except Exception as error:
                 self._fail(error)
-        self._record = (self._local_dir / RECORD).open("a", buffering=1)
-        self._emit("start", experiment=experiment, run_name=run_name, uri=uri, run_id=self._run_id)
+        self._record = _open_record(self._local_dir / RECORD)
+        self._emit("start", experiment=experiment, run_name=run_name, uri=uri, run_id=self._run_id,
+                   run_key=self._run_key)
         commit = _git_commit()
         if commit:
             self.set_tags({"mlflow.source.git.commit": commit})
@@ -220,6 +228,11 @@ class Tracker:
     def run_id(self) -> str | None:
         """The MLflow run id to store in checkpoints (on other ranks: the one passed in)."""
         return self._run_id
+
+    @property
+    def run_key(self) -> str:
+        """The run's id in the local record, to store in checkpoints (on other ranks: meaningless)."""
+        return self._run_key
 
     @_active_only
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -304,35 +317,72 @@ class Tracker:
         )
 
 
-def replay(local_dir: str | Path, uri: str | None) -> list[str]:
+def _open_record(path: Path) -> TextIO:
+    """The record, for appending. A write cut short (full disk, kill -9) leaves a line without its
+    newline; the next event must not be glued to it, or both would be lost."""
+    with path.open("ab") as raw:
+        if raw.tell() > 0:
+            with path.open("rb") as last:
+                last.seek(-1, os.SEEK_END)
+                if last.read(1) != b"\n":
+                    raw.write(b"\n")
+    return path.open("a", buffering=1)
+
+
+@dataclass
+class Replayed:
+    """What :func:`replay` did: the MLflow runs it made, and what it could not send."""
+
+    runs: list[str] = field(default_factory=list)
+    torn_lines: list[int] = field(default_factory=list)  # 1-based lines that are not a whole event
+    orphan_lines: list[int] = field(default_factory=list)  # events before any run's start
+    missing_artifacts: list[str] = field(default_factory=list)  # recorded paths that no longer exist
+
+
+def replay(local_dir: str | Path, uri: str | None) -> Replayed:
     """Push a local record into MLflow, e.g. one written while the server was down.
 
     Each run in the record becomes a new MLflow run with the original steps and times; the
-    segments of a resumed run share a run id and become one run. Artifacts are uploaded from
-    their recorded paths, so those must still exist. Returns the new run ids in record order.
+    segments of a resumed run share a run key and become one run. A torn line (a write cut short)
+    is skipped; an artifact whose recorded path no longer exists is not uploaded. Both are
+    reported in the result, so nothing is left out silently.
     """
     local_dir = Path(local_dir)
     client, artifact_location = _mlflow_client(uri, local_dir)
     runs: dict[str, tuple[str, dict[str, str]]] = {}
-    with (local_dir / RECORD).open() as lines:
-        for number, line in enumerate(lines):
-            event = json.loads(line)
-            if event["event"] == "start":
-                key = event["run_id"] or f"line {number}"
+    done, current = Replayed(), None
+    with (local_dir / RECORD).open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                event = json.loads(line)
+                kind = event["event"]
+            except (ValueError, TypeError, KeyError):
+                if line.strip():
+                    done.torn_lines.append(number)
+                continue
+            if kind == "start":
+                key = event.get("run_key") or event["run_id"] or f"line {number}"
                 if key not in runs:
                     run_id, _ = _open_run(
                         client, event["experiment"], event["run_name"], None, event["time_ms"],
                         artifact_location,
                     )
                     runs[key] = (run_id, {})
-                run_id, logged = runs[key]
+                current = runs[key]
+            elif current is None:
+                done.orphan_lines.append(number)
+            elif kind in ("artifact", "artifacts") and not Path(event["path"]).exists():
+                done.missing_artifacts.append(event["path"])
             else:
-                _apply(client, run_id, event, logged)
-    return [run_id for run_id, _ in runs.values()]
+                _apply(client, current[0], event, current[1])
+    done.runs = [run_id for run_id, _ in runs.values()]
+    return done
 
 
 COMMAND_DOC = f"Push a training run's local tracking record ({RECORD}) into MLflow, e.g. one written while the " \
-    "server was down; prints the new run ids."
+    "server was down: one MLflow run per training run (a resumed run's segments are one run). Prints the new run " \
+    "ids; torn lines, events before any run and artifacts that no longer exist are skipped and listed on stderr " \
+    "(exit status 1 when there were any)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -341,7 +391,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for run_id in replay(args.local_dir, args.uri):
+    done = replay(args.local_dir, args.uri)
+    for run_id in done.runs:
         print(run_id)
-    return 0
+    record = args.local_dir / RECORD
+    if done.torn_lines:
+        print(f"{record}: skipped {len(done.torn_lines)} torn line(s) (not a whole event, e.g. a write "
+              f"cut short by a full disk): lines {_numbers(done.torn_lines)}", file=sys.stderr)
+    if done.orphan_lines:
+        print(f"{record}: skipped events before any run's start: lines {_numbers(done.orphan_lines)}",
+              file=sys.stderr)
+    for path in done.missing_artifacts:
+        print(f"{record}: artifact {path} no longer exists; not uploaded", file=sys.stderr)
+    return 1 if done.torn_lines or done.orphan_lines or done.missing_artifacts else 0
 
+
+def _numbers(lines: list[int], shown: int = 20) -> str:
+    return ", ".join(map(str, lines[:shown])) + (f" and {len(lines) - shown} more" if len(lines) > shown else "")

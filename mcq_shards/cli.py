@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mcq_shards import __version__, synth
 from mcq_shards.convert import ConvertError, Options, convert
+from mcq_shards.errors import describe_os_error
 from mcq_shards.phrases import DEFAULT_MODEL
 from mcq_shards.sources import didemo, lsmdc, msrvtt, msvd
 from mcq_shards.tables import InputError
@@ -43,6 +44,12 @@ def _test_set_options(parser: argparse.ArgumentParser, published: int | None) ->
                              "undecodable): its numbers are then not comparable with published ones")
 
 
+def _outside_paths_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-outside-paths", action="store_true",
+                        help="read media paths from the table that are absolute or climb out of the data folder "
+                             "with '..' (default: such rows are rejected, so a table cannot pull in other files)")
+
+
 def _patterns(values: list[str]) -> list[Path]:
     """Shard paths from arguments that may use brace ranges, ``'shards/{00000..00099}.tar'``."""
     from braceexpand import braceexpand
@@ -70,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Convert WebVid from its CSV (videoid, contentUrl, duration, page_dir, name).")
     p.add_argument("csv", type=Path, help="e.g. results_2M_train.csv")
     p.add_argument("--videos", type=Path, help="folder holding <page_dir>/<videoid>.mp4 (default: CSV folder/videos)")
+    _outside_paths_option(p)
     _conversion_options(p)
 
     p = commands.add_parser("msrvtt", help="MSR-VTT 1k-A test pairs or the 9k / 7k training videos",
@@ -85,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-index", type=Path,
                    help="jsfusion_val_caption_idx.pkl, or a CSV with video_id,caption_index (default: found under ROOT)")
     p.add_argument("--videos", type=Path, help="folder of <video_id>.mp4 (default ROOT/videos/all)")
+    _outside_paths_option(p)
     _test_set_options(p, msrvtt.TEST_SIZE)
     _conversion_options(p)
 
@@ -142,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-column", default="caption", help="default %(default)s")
     p.add_argument("--id-column", help="column with a unique id for keys (default: the row number)")
     p.add_argument("--delimiter", default=",", help="default %(default)r")
+    _outside_paths_option(p)
     _conversion_options(p)
 
     p = commands.add_parser("verify", help="check a shard directory's manifest, tars, index files and rejects",
@@ -168,9 +178,10 @@ def _rows(args: argparse.Namespace):
             raise InputError("cc3m", None, None, "give the TSV and --images, or --wds shards")
         return cc3m.read(args.tsv, args.images, args.naming)
     if args.command == "webvid":
-        return webvid.read(args.csv, args.videos or args.csv.parent / "videos")
+        return webvid.read(args.csv, args.videos or args.csv.parent / "videos", args.allow_outside_paths)
     if args.command == "msrvtt":
-        return msrvtt.read(args.root, args.split, args.annotations, args.split_list, args.caption_index, args.videos)
+        return msrvtt.read(args.root, args.split, args.annotations, args.split_list, args.caption_index, args.videos,
+                           args.allow_outside_paths)
     if args.command == "msvd":
         return msvd.read(args.root, args.split, args.captions, args.split_list, args.videos)
     if args.command == "lsmdc":
@@ -180,7 +191,7 @@ def _rows(args: argparse.Namespace):
     if args.command == "wds":
         return wds.read(_patterns(args.shards), "wds")
     return usercsv.read(args.csv, args.root or args.csv.parent, args.path_column, args.caption_column,
-                        args.id_column, args.delimiter)
+                        args.id_column, args.delimiter, args.allow_outside_paths)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         manifest = convert(rows, args.out, args.command, options, args.workers, args.prefix, not args.quiet)
     except (InputError, ConvertError, ValueError) as err:
         print(f"mcq-shards {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a read-only or foreign output folder
+        print(f"mcq-shards {args.command}: error: {describe_os_error(err, args.out)}; rerun the same command to "
+              "resume afterwards", file=sys.stderr)
         return 2
     reasons = ", ".join(f"{n} {r}" for r, n in manifest["reject_reasons"].items())
     print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards, {manifest['rejects']} rejected"

@@ -20,6 +20,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import threading
+import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from mcq_shards.tables import is_utf8
 from mcq_shards.tario import ShardWriter, index_text, sha256_file
 
 PROGRESS = ".progress"
+_OUTPUT_NAME = re.compile(rf"(.+-\d{{5}}\.(tar|idx)(\.part)?|{re.escape(MANIFEST)}|{re.escape(REJECTS)})")
 BATCH = 8  # rows per worker task: small enough for a smooth progress bar and little buffering
 
 
@@ -107,7 +111,8 @@ def convert(rows: Iterable[Row], out: Path, source: str, options: Options, worke
 
 
 def _check_rows(rows: list[Row]) -> None:
-    """Reject, up front, rows no worker could convert: duplicate keys, empty or non-UTF-8 captions."""
+    """Reject, up front, rows no worker could convert or store: duplicate keys, empty captions, text that is not
+    UTF-8 (the sample's JSON must be; a file name from an old download often is not) or holds a NUL byte."""
     first: dict[str, str] = {}
     for row in rows:
         row.caption = (row.caption or "").strip()
@@ -117,10 +122,21 @@ def _check_rows(rows: list[Row]) -> None:
             row.reject = f"duplicate key: {row.key} is also {first[row.key]}"
         elif not is_utf8(row.caption):
             row.reject = "caption not UTF-8: the caption bytes are not valid UTF-8"
+        elif not is_utf8(row.id) or not is_utf8(json.dumps(row.extra, ensure_ascii=False)):
+            row.reject = f"id not UTF-8: {printable(row.id)} (or a field beside it) is not valid UTF-8"
+        elif "\0" in row.caption:
+            row.reject = "caption has a NUL byte: the text is probably corrupt"
+        elif isinstance(row.media, str) and "\0" in row.media:
+            row.reject = f"path has a NUL byte: {printable(row.media)!r} cannot name a file"
         elif not row.caption:
             row.reject = "empty caption: nothing to train on"
         else:
             first[row.key] = row.where
+
+
+def printable(text: str) -> str:
+    """`text` with the bytes that were not UTF-8 written as `\\xNN`, so that it can go into a JSON record."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _fingerprint(rows: list[Row]) -> str:
@@ -135,6 +151,11 @@ def _claim(out: Path, plan: dict) -> None:
     path = out / PROGRESS / "plan.json"
     if (out / MANIFEST).exists() and not path.exists():
         raise ConvertError(f"{out} holds shards made elsewhere; use another --out directory")
+    theirs = sorted(p.name for p in out.iterdir() if _OUTPUT_NAME.fullmatch(p.name)) if not path.exists() else []
+    if theirs:
+        raise ConvertError(f"{out} already holds {', '.join(theirs[:3])}{' ...' if len(theirs) > 3 else ''}, which "
+                           "this conversion did not write and would overwrite; use another --out directory, or move "
+                           "those files away")
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         if old != plan:
@@ -182,8 +203,8 @@ class _ShardJob:
             if members is not None:
                 self.writer.write(row.key, members)
             else:
-                self.rejects.append({"row": self.row, "where": row.where, "key": row.key, "id": row.id,
-                                     "reason": reason})
+                self.rejects.append({"row": self.row, "where": printable(row.where), "key": row.key,
+                                     "id": printable(row.id), "reason": printable(reason)})
             self.row += 1
 
     def finish(self) -> None:
@@ -229,8 +250,8 @@ def _ordered_map(fn: Callable, items: list, workers: int, init: Callable, initar
         for item in items:
             yield item, fn(item)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init,
-                             initargs=initargs) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_child,
+                             initargs=(os.getpid(), init, *initargs)) as pool:
         window: deque = deque()
         for item in items:
             window.append((item, pool.submit(fn, item)))
@@ -243,6 +264,21 @@ def _ordered_map(fn: Callable, items: list, workers: int, init: Callable, initar
 
 
 # --- worker side -----------------------------------------------------------------------------------
+
+def _start_child(parent: int, init: Callable, *initargs) -> None:
+    """A pool worker's start: it must end when the converter (process `parent`) does. After a kill -9 no clean-up
+    runs, and a worker waiting on its task queue would wait forever (it holds both ends of the queue's pipe), keeping
+    the resource tracker alive with it. A thread ends the worker once its parent is gone, also when that happened
+    before this worker got here."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    init(*initargs)
+
 
 _worker: tuple[Options, PhraseParser] | None = None
 

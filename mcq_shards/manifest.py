@@ -73,5 +73,9 @@ def write_json_atomic(path: Path, value) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # a failed write (full disk, text that cannot be encoded) leaves nothing behind
+        tmp.unlink(missing_ok=True)
+        raise

@@ -82,6 +82,13 @@ class TooManySkips(RuntimeError):
     """A reader's share of the data is mostly unreadable: the shards are damaged or not mcq-shards shards."""
 
 
+def skip_check_after(limit: int, share: int) -> int:
+    """After how many reads a reader's skips are judged: `limit`, or its whole share of an epoch when that is
+    smaller (a share that is all unreadable must stop it before refills from other shares dilute the count), but
+    not fewer than 64 (a tiny share is not judged on a handful of samples)."""
+    return min(limit, max(share, 64))
+
+
 class SkipLog:
     """A reader's skips: counted by reason, warned about with their shard and key (the first ten, then at most one a
     minute), and checked against a limit. When more than `max_share` of the samples read so far were skipped, once at

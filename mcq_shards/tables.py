@@ -34,10 +34,14 @@ def is_utf8(text: str) -> bool:
     return True
 
 
+# UTF-8 that drops a leading byte-order mark
+ENCODING = "utf-8-sig"
+
+
 def _open(path: Path):
     if not path.is_file():
         raise InputError(path, None, None, "file not found")
-    return open(path, encoding="utf-8", errors="surrogateescape", newline="")
+    return open(path, encoding=ENCODING, errors="surrogateescape", newline="")
 
 
 def read_table(path: Path, columns: list[str], delimiter: str = ",",

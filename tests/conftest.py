@@ -54,3 +54,14 @@ def benchmark_shards(tmp_path_factory):
     for name in ("msvd", "lsmdc", "didemo"):
         assert main([name, str(raw / name), "--test-size", "6", "-o", str(out[name]), *fast]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_shards, tmp_path_factory):
+    """A real 3-step run of `mcq-ds train` (tiny model, checkpoints at steps 2 and 3, no MLflow). Tests that change
+    it work on a copy (test_engine_safety.linked_copy)."""
+    from test_engine import finish, mcq_ds, train_args
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    finish(mcq_ds(*train_args(demo_shards, out, "--max-steps", "3", "--save-every", "2")))
+    return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import shutil
 import tarfile
 import warnings
@@ -286,6 +287,20 @@ def test_reference_loader_stops_on_shards_of_another_converter(tokenizer, tmp_pa
     tar = foreign_shard(tmp_path / "foreign")
     with pytest.raises(TooManySkips, match=f"{tar}: 0000.*: missing-member"):
         next(iter(_loader(tar, tokenizer)))
+
+
+def test_a_share_mostly_of_another_converters_shards_stops_within_its_first_epoch(clean, tokenizer, tmp_path):
+    """72 foreign samples and 24 good ones, default limits: refilling the batches from the good samples would keep
+    the share of skips under one half over an epoch (72 of 168 reads), so the share is judged once it has been read
+    once, and the loader stops there instead of training on the 24 good samples forever."""
+    foreign = foreign_shard(tmp_path / "foreign", samples=72)
+    loader = ShardLoader(LoaderConfig(shards=[str(sorted(clean.glob("*.tar"))[0]), str(foreign)], source="mix",
+                                      tokenizer=tokenizer, batch_size=2, workers=0, img_size=32, rank=0, world_size=1,
+                                      shuffle_block=0))
+    with pytest.raises(TooManySkips, match=f"{foreign}: 0000.*: missing-member") as stopped:
+        _one_epoch(loader)
+    skipped, read = map(int, re.search(r"(\d+) of the (\d+) samples read", str(stopped.value)).groups())
+    assert 96 <= read <= 100 and skipped > read / 2  # judged as soon as the share had been read once
 
 
 def test_empty_tars_are_left_out(clean, tokenizer, tmp_path):

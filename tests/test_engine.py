@@ -98,7 +98,9 @@ def test_two_ranks_train_and_resume_on_one_rank(demo_shards, tmp_path):
               if json.loads(l)["event"] == "params"]
     assert params[0]["params"]["world_size"] == "2"
 
-    resumed = finish(mcq_ds(*train_args(demo_shards, out, "--max-steps", "4", "--save-every", "2")))
+    # a longer run than the one saved: on purpose, so --resume is given
+    resumed = finish(mcq_ds(*train_args(demo_shards, out, "--max-steps", "4", "--save-every", "2",
+                                        "--resume", "latest")))
     assert "resuming on 1 ranks from a checkpoint written by 2" in resumed
     assert (out / "checkpoints/universal/step00000002").is_dir()
     assert set(losses(out)) >= {1, 2, 3, 4}

@@ -8,6 +8,7 @@ first test and the tests that need no server run while it boots.
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -294,7 +295,7 @@ def test_rank_one_writes_nothing(server, tmp_path):
     assert MlflowClient(server.uri).get_experiment_by_name("rank1") is None
 
 
-def test_training_run_is_visible_in_a_real_mlflow_server(server, demo_shards, tmp_path):
+def test_training_run_is_visible_in_a_real_mlflow_server(server, demo_shards, tmp_path, monkeypatch):
     """`mcq-ds train --mlflow-uri http://127.0.0.1:PORT`: config, metrics and the exported model reach the server."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "mcq_ds.cli", "train", "--stage", "demo-1f-noun", "--preset", "tiny",
@@ -315,3 +316,37 @@ def test_training_run_is_visible_in_a_real_mlflow_server(server, demo_shards, tm
     assert {"train_config.json", "deepspeed_config.json", "model"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/model.safetensors",
                                                                               "model/config.json"}
+    # the exported model is also an MLflow pyfunc model: registered by name and loaded back, it embeds texts
+    import mlflow
+    import pandas as pd
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/mlflow-model", "mcq-ds-engine-test")
+    model = mlflow.pyfunc.load_model(f"models:/mcq-ds-engine-test/{version.version}")
+    assert model.predict(pd.DataFrame({"text": ["a red square is moving"]})).shape == (1, 64)
+
+
+def test_replay_of_a_resumed_run_with_a_torn_line_and_a_moved_artifact(server, trained_run, demo_shards, tmp_path,
+                                                                       capsys):
+    """A real training run tracked without MLflow, its record torn at the end (a full disk), then resumed: replay
+    makes one MLflow run of both segments, skips and reports the torn line, and names the artifact that is gone."""
+    from test_engine_safety import linked_copy, run_train
+
+    out = linked_copy(trained_run, tmp_path / "run")
+    record = out / RECORD
+    record.write_bytes(record.read_bytes()[:-20])  # the first segment's last event, cut short
+    done = run_train(demo_shards, out, "--resume", "latest", "--max-steps", "4")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (out / "model").rename(out / "model-moved")
+
+    assert main(["tracking-replay", str(out), server.uri]) == 1
+    captured = capsys.readouterr()
+    [run_id] = [line for line in captured.out.splitlines() if re.fullmatch(r"[0-9a-f]{32}", line)]  # one run
+    lines = record.read_text().splitlines()
+    torn = next(n for n, line in enumerate(lines, start=1) if not line.endswith("}"))
+    assert "skipped 1 torn line(s)" in captured.err and f"lines {torn}" in captured.err
+    assert f"artifact {(out / 'model').resolve()} no longer exists" in captured.err
+    client = MlflowClient(server.uri)
+    assert [step for step, _ in _history(client, run_id, "loss")] == [1, 2, 3, 4]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.stage"] == "demo-1f-noun"

@@ -62,7 +62,7 @@ def test_unknown_and_missing_keys_are_errors_that_name_them(tmp_path):
         from_original(tmp_path / "a.pth")
     del state["module.video_model.blocks.1.crossattn.proj.weight"]
     torch.save({"state_dict": state}, tmp_path / "b.pth")
-    with pytest.raises(RuntimeError, match="bridge_model.blocks.1.cross_attn.proj.weight"):
+    with pytest.raises(ValueError, match="b.pth: .*bridge_model.blocks.1.cross_attn.proj.weight"):
         from_original(tmp_path / "b.pth")
 
 

@@ -26,8 +26,9 @@ from ..eval.checkpoint import load_model
 from ..eval.data import ClipSpec
 from ..runtime import pick_device
 from ..eval.extract import VideoFiles, as_list, extract_videos
-from ..eval.search import chunked_topk
+from ..eval.search import chunked_topk, open_embeddings
 from ..model import MCQ, load_tokenizer, save_pretrained
+from .serve import random_unit_rows
 
 
 def write_videos(folder: Path, count: int, seconds: float, width: int, height: int, fps: int) -> list[str]:
@@ -105,15 +106,9 @@ def run(args: argparse.Namespace) -> dict:
         result["extract_videos_per_s_with_startup"] = round(args.videos / (time.perf_counter() - start), 2)
 
         if args.search_rows:
-            rows = np.lib.format.open_memmap(tmp / "rows.npy", mode="w+", dtype=np.float32,
-                                             shape=(args.search_rows, loaded.model.cfg.embed_dim))
+            random_unit_rows(tmp / "rows.npy", args.search_rows, loaded.model.cfg.embed_dim)
+            mapped = open_embeddings(tmp / "rows.npy")
             rng = np.random.default_rng(0)
-            for s in range(0, args.search_rows, 1 << 18):
-                block = rng.standard_normal((min(1 << 18, args.search_rows - s), rows.shape[1]), dtype=np.float32)
-                rows[s:s + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
-            rows.flush()
-            del rows
-            mapped = np.load(tmp / "rows.npy", mmap_mode="r")
             for queries in (1, 100):
                 q = rng.standard_normal((queries, mapped.shape[1]), dtype=np.float32)
                 start = time.perf_counter()

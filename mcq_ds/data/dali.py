@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from mcq_shards.reader import (Reason, SampleError, ShardInfo, Skip, SkipLog, TooManySkips, index_lines,
-                               resolve_shards, sample_entries, stored_sample)
+                               resolve_shards, sample_entries, skip_check_after, stored_sample)
 from mcq_shards.tario import split_name
 
 from ..runtime import distributed_position
@@ -326,7 +326,8 @@ class DaliLoader:
             raise ValueError(f"{config.source}: {self.num_samples} samples cannot give each of {self.world_size} "
                              f"ranks a batch of {config.batch_size}")
         self.questions = QuestionBuilder(config.tokenizer, config.question_mode) if config.questions else None
-        self.skip_log = SkipLog(config.source, config.max_skip_share, config.skip_check_after)
+        self.skip_log = SkipLog(config.source, config.max_skip_share,
+                                skip_check_after(config.skip_check_after, self.num_samples // self.world_size))
         self.skipped = 0  # samples rejected so far, over all epochs
         self._epoch = 0  # of the pipeline being read
         self._batches = 0  # yielded in that epoch

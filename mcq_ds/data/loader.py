@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mcq_shards.reader import (Reason, SampleError, ShardEntries, ShardInfo, Skip, SkipLog, members_sample,
-                               read_members, resolve_shards, sample_entries)
+                               read_members, resolve_shards, sample_entries, skip_check_after)
 
 from ..runtime import distributed_position
 from .batch import NORMALISATION, Batch, Tokens
@@ -72,7 +72,8 @@ class LoaderConfig:
     `batch_size` is per rank. `shuffle_block` > 1 shuffles samples within consecutive blocks of that many samples
     of a worker's stream; a worker holds that many samples' chosen JPEG frames (about 100 KB per 4-frame sample).
     A reader (a worker, or the DALI host step) stops with `TooManySkips` when more than `max_skip_share` of the
-    samples it has read were unusable, once it has read `skip_check_after` of them (about two WebVid shards).
+    samples it has read were unusable, once it has read `skip_check_after` of them (about two WebVid shards) or its
+    whole share of an epoch, if that is smaller (`mcq_shards.reader.skip_check_after`).
     """
 
     shards: str | os.PathLike | Sequence[str | os.PathLike]
@@ -156,7 +157,8 @@ class ShardStream(IterableDataset):
         self.first_worker = first_worker
         self.builder = QuestionBuilder(cfg.tokenizer, cfg.question_mode) if cfg.questions else None
         self._entries: dict[str, ShardEntries] = {}
-        self._skip_log = SkipLog(cfg.source, cfg.max_skip_share, cfg.skip_check_after)
+        self._skip_log = SkipLog(cfg.source, cfg.max_skip_share,
+                                 skip_check_after(cfg.skip_check_after, self.total // self.slots))
 
     # The plan: which sample sits at which position of an epoch.
 

@@ -1,7 +1,8 @@
 """The resolved configuration of one training stage: stage preset ← config file ← command line.
 
 The resolved config is written to `<out>/config.json` and into every checkpoint, so a run can always be explained
-and repeated from its own folder.
+and repeated from its own folder. It also binds the folder to its run: a later command whose config differs from
+the one the folder (or the checkpoint it resumes) was made with is refused, see `config_changes`.
 """
 from __future__ import annotations
 
@@ -78,8 +79,10 @@ class TrainConfig:
     save_every: int = _opt(1000, "checkpoint every N optimizer steps (and at the end)")
     keep_last: int = _opt(3, "complete checkpoints to keep")
     log_every: int = _opt(10, "log metrics every N optimizer steps")
-    resume: str | None = _opt("latest", "latest (the newest complete checkpoint, if any), a checkpoint folder, "
-                              "or none for a fresh start")
+    resume: str | None = _opt("latest", "latest (the newest complete checkpoint, if any), a checkpoint folder (also "
+                              "another run's), or none for a fresh start. A rerun with other settings than the "
+                              "checkpoint's is refused; given on the command line, --resume continues with new "
+                              "data, lr, schedule, length, temperature, flip or question settings")
     mlflow_uri: str | None = _opt(None, "MLflow tracking server (default: a local sqlite store in OUT; none: off)")
     experiment: str = _opt("mcq-ds", "MLflow experiment name")
     run_name: str | None = _opt(None, "MLflow run name (default: the stage)")
@@ -121,6 +124,28 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Settings that change how a run is executed, stored or watched, never what it computes: they may differ on any
+# rerun (a new --workers count restarts the current epoch on the new data split, as a new world size does).
+RUNTIME_KEYS = frozenset({"out", "resume", "workers", "log_every", "save_every", "keep_last", "mlflow_uri",
+                          "experiment", "run_name", "compile", "grad_checkpointing", "max_skip_share"})
+# Settings a deliberate resume (`--resume` given) may change: the new values take effect from the resumed step.
+ADJUSTABLE_KEYS = frozenset({"data", "lr", "epochs", "milestones", "max_steps", "schedule", "warmup_steps",
+                             "temperature", "hflip", "question_type", "question_mode", "eval_data", "patience"})
+# Every other setting (stage, init, preset, frames, batch sizes, ds_config, loader, seed) made the weights, the
+# optimizer state and the data position a checkpoint holds, and is fixed for the life of a run.
+
+
+def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """`{key: (saved value, new value)}` for the settings, other than runtime ones, in which `cfg` differs from the
+    config a run was made with (keys an older version did not record are not compared)."""
+    new = cfg.to_dict()
+    return {k: (saved[k], new[k]) for k in new if k in saved and k not in RUNTIME_KEYS and saved[k] != new[k]}
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,6 +194,12 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(**values)
     cfg.stage_defaults()
     return cfg
+
+
+def resume_on_purpose(args: argparse.Namespace) -> bool:
+    """Whether `--resume` was given on the command line, rather than taken from its default or a config file (a
+    run's own config.json, reused as --config, holds one)."""
+    return getattr(args, "resume", None) is not None
 
 
 def _source_pair(item: str) -> tuple[str, str]:

@@ -23,9 +23,10 @@ from ..model import create_model, create_tokenizer, load_pretrained, save_pretra
 from ..runtime import control_group, init_distributed, next_on_every_rank, pick_device, write_text_atomic
 from ..tracking import Tracker
 from . import checkpoints
-from .config import DS_CONFIGS, TrainConfig, resolve
-from .stages import STAGES
+from .config import (ADJUSTABLE_KEYS, DS_CONFIGS, TrainConfig, config_changes, describe_changes, resolve,
+                     resume_on_purpose)
 from .finetune import EpochEvaluation, consolidated_state, write_finetuned
+from .stages import STAGES
 from .schedule import step_decay, warmup_cosine
 
 log = logging.getLogger("mcq_ds.train")
@@ -107,7 +108,45 @@ def make_loader(kind: str, loader_cfg):
     raise ValueError(f"--loader must be torch or dali, got '{kind}'")
 
 
-def train(cfg: TrainConfig) -> Path:
+def bind_run_folder(cfg: TrainConfig, resume_from: Path | None, on_purpose: bool) -> dict[str, tuple]:
+    """A run folder belongs to one run. Refuses a command that would continue (or overwrite) the run in `cfg.out`
+    with settings it was not made with, unless `--resume` was given on purpose and the settings may change within a
+    run; returns those changes `{key: (old, new)}`, which then take effect from the resumed step."""
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    if resume_from is None and cfg.resume is None and checkpoints.complete_checkpoints(ckpt_dir):
+        raise ValueError(f"{ckpt_dir} holds checkpoints of a run; --resume none would start another run among them "
+                         f"(and --resume latest would later mix the two): use another --out, or delete {ckpt_dir}")
+    if resume_from is not None:
+        saved, where = checkpoints.saved_config(resume_from), f"the checkpoint {resume_from}"
+        newer = ", ".join(p.name for p in checkpoints.newer_checkpoints(ckpt_dir, resume_from))
+        if newer:
+            raise ValueError(f"{ckpt_dir} holds checkpoints newer than {resume_from} ({newer}); continuing from it "
+                             "would leave them for --resume latest to take after the next crash: move them out of "
+                             "the way first")
+    elif (out / "model" / "config.json").is_file() and (out / "config.json").is_file():
+        saved, where = json.loads((out / "config.json").read_text()), f"the finished run in {out}"
+    else:
+        return {}  # nothing of an earlier run to continue or to overwrite
+    changes = config_changes(saved or {}, cfg)
+    if not changes:
+        return {}
+    listing = describe_changes(changes)
+    fixed = sorted(k for k in changes if k not in ADJUSTABLE_KEYS)
+    if resume_from is not None and fixed:
+        raise ValueError(f"{where} was made with other settings ({listing}). {', '.join(fixed)} cannot change "
+                         "within a run (they made its weights, optimizer state and data position): use another "
+                         "--out for a new run (its --init can be this run's export)")
+    if not on_purpose:
+        raise ValueError(f"{where} was made with other settings ({listing}). Use another --out for a new run; or "
+                         "give --resume latest to continue this one with the new values from its last step "
+                         f"(possible for {', '.join(sorted(ADJUSTABLE_KEYS))}); or delete {out} to start over")
+    return changes
+
+
+def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
+    """Runs the stage. `resume_on_purpose`: `--resume` was given on the command line, which lets a resume change
+    the settings of `config.ADJUSTABLE_KEYS`."""
     import deepspeed
 
     from ..data.loader import LoaderConfig
@@ -120,13 +159,22 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_from = checkpoints.resolve_resume(ckpt_dir, cfg.resume)
+    changes = bind_run_folder(cfg, resume_from, resume_on_purpose)
+    if rank == 0:  # the config in effect from here on; also tells at once when OUT cannot be written
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    # a checkpoint of another folder starts a new tracking run; its tag name may exist here too, so load by path
+    foreign = resume_from is not None and resume_from.parent.resolve() != ckpt_dir.resolve()
+    if resume_from is not None:
+        checkpoints.check_pickles(resume_from)  # before anything unpickles it
     torch.manual_seed(cfg.seed)  # the same initialisation on every rank and in every rerun
     model, tokenizer = build_model(cfg)
     ds = deepspeed_config(cfg, world)
-    load_dir = ckpt_dir
+    load_dir = resume_from.parent if resume_from is not None else None
     if resume_from is not None and checkpoints.saved_world_size(resume_from) != world \
             and ds.get("zero_optimization", {}).get("stage", 0) > 0:
-        load_dir = checkpoints.universal(resume_from)  # ZeRO partitions depend on the world size: re-shard them
+        # ZeRO partitions depend on the world size: re-shard them
+        load_dir = checkpoints.universal(resume_from, ckpt_dir / "universal")
         ds["checkpoint"] = {"load_universal": True}
     loaders = {source: make_loader(cfg.loader, LoaderConfig(
         shards=cfg.data[source], source=source, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
@@ -151,12 +199,17 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout: reproducible, and different on every rank
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
 
-    step, run_id = 0, None
+    step, run_id, run_key, saved_step = 0, None, None, None
     if resume_from is not None:
-        _, client = engine.load_checkpoint(str(load_dir), tag=resume_from.name)
-        step, run_id = client["step"], client.get("mlflow_run_id")
-        if evaluation is not None:
-            evaluation.load_state_dict(client.get("evaluation", {"history": []}))
+        with checkpoints.weights_only_loads():
+            _, client = engine.load_checkpoint(str(load_dir), tag=resume_from.name)
+        step = client["step"]
+        if not foreign:  # the same training run goes on: the same MLflow run and record key, the same test scores
+            run_id, run_key, saved_step = client.get("mlflow_run_id"), client.get("run_key"), step
+            if evaluation is not None:
+                evaluation.load_state_dict(client.get("evaluation", {"history": []}))
+        if changes:
+            _continue_with(engine, cfg.lr, factor)
         own = checkpoints.load_rank_state(resume_from, rank)
         if checkpoints.saved_world_size(resume_from) != world:
             # the data split depends on the world size: the loaders restart the saved epoch on the new split
@@ -172,13 +225,20 @@ def train(cfg: TrainConfig) -> Path:
     iterators = {source: iter(loader) for source, loader in loaders.items()}
 
     out.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(cfg.mlflow_uri, cfg.experiment, cfg.run_name or cfg.stage, rank, out, run_id=run_id)
+    tracker = Tracker(cfg.mlflow_uri, cfg.experiment, cfg.run_name or cfg.stage, rank, out, run_id=run_id,
+                      run_key=run_key)
     if rank == 0:
-        write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         if run_id is None:
             tracker.log_params({"train": cfg.to_dict(), "deepspeed": ds, "world_size": world})
             tracker.log_config("train_config.json", cfg.to_dict())
             tracker.log_config("deepspeed_config.json", ds)
+        if foreign:
+            tracker.set_tags({"resumed_from": str(resume_from.resolve())})
+        if changes:
+            listing = describe_changes(changes)
+            log.warning("continuing from step %d with changed settings: %s", step, listing)
+            tracker.set_tags({f"changed_at_step_{step}": listing})
+            tracker.log_config(f"train_config_step{step:08d}.json", cfg.to_dict())
 
     if evaluation is not None and not evaluation.history:  # the starting point, for the record (no checkpoint)
         evaluation.evaluate(engine, tokenizer, 0, 0, tracker)
@@ -209,6 +269,9 @@ def train(cfg: TrainConfig) -> Path:
             evaluation.evaluate(engine, tokenizer, -(-step // per_epoch), step, tracker)
         if step % cfg.save_every == 0 or step == total_steps or evaluated:
             _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters, evaluation)
+            saved_step = step
+    if saved_step != step:  # resumed at the last step from elsewhere: the export reads this folder's checkpoint
+        _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters, evaluation)
     if evaluation is not None and evaluation.should_stop() and step < total_steps and rank == 0:
         log.info("no better %s test score in %d evaluations: stopped early at step %d", benchmark, cfg.patience, step)
     chosen = (evaluation.best_tag_step if evaluation is not None else None) or step
@@ -217,6 +280,9 @@ def train(cfg: TrainConfig) -> Path:
         if benchmark:
             write_finetuned(export, benchmark, chosen, evaluation)
         tracker.log_artifacts(export, "model")
+        if cfg.mlflow_uri != "none":  # also as an MLflow pyfunc model that predicts embeddings (mcq_ds/serve/pyfunc.py)
+            from ..serve.pyfunc import log_pyfunc
+            log_pyfunc(tracker, export, out / "mlflow-model")
     tracker.close()
     return export
 
@@ -257,8 +323,18 @@ def _log_window(engine, tracker, step, totals, window, counters, accumulation, m
     window.update(time=time.perf_counter(), data=0.0, samples=0, steps=0)
 
 
+def _continue_with(engine, lr: float, factor) -> None:
+    """After a resume with changed settings: DeepSpeed restored the saved scheduler's base lr and the optimizer's
+    current lr; the new lr and schedule take over from this step."""
+    scheduler = engine.lr_scheduler
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    for group in scheduler.optimizer.param_groups:
+        group["lr"] = lr * factor(scheduler.last_epoch)
+
+
 def _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters, evaluation: EpochEvaluation | None) -> None:
-    common = {"step": step, "stage": cfg.stage, "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id}
+    common = {"step": step, "stage": cfg.stage, "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id,
+              "run_key": tracker.run_key}
     keep = ()
     if evaluation is not None:  # the best epoch's checkpoint outlives --keep-last: it is the one exported
         common["evaluation"] = evaluation.state_dict()
@@ -274,7 +350,8 @@ def _export(engine, ckpt_dir, step, current, model_cfg, tokenizer, out, rank) ->
     folder = out / "model"
     if rank == 0:
         if engine.zero_optimization_stage() > 0 or step != current:
-            state = consolidated_state(engine, ckpt_dir, checkpoints.tag_for(step))
+            with checkpoints.weights_only_loads():
+                state = consolidated_state(engine, ckpt_dir, checkpoints.tag_for(step))
         else:
             state = {k: v.float() for k, v in engine.module.state_dict().items()}
         model = create_model(model_cfg)
@@ -286,7 +363,7 @@ def _export(engine, ckpt_dir, step, current, model_cfg, tokenizer, out, rank) ->
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    export = train(resolve(args))
+    export = train(resolve(args), resume_on_purpose(args))
     if dist.get_rank() == 0:
         print(f"exported {export}")
     return 0

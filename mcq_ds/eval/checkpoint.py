@@ -13,8 +13,8 @@
   executing pickled code (`mcq_ds.model.released`).
 
 DeepSpeed's consolidation reads its files with `weights_only=False`, so every pickle of the checkpoint is first
-checked without unpickling it: it may name tensors, plain data and the three DeepSpeed classes a ZeRO checkpoint
-holds, nothing else. Anything more is refused before DeepSpeed opens the file.
+checked without unpickling it (`engine.checkpoints.check_pickles`: tensors, plain data and the three DeepSpeed
+classes a ZeRO checkpoint holds, nothing else), and DeepSpeed's reads run weights-only.
 """
 from __future__ import annotations
 
@@ -22,22 +22,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..engine.checkpoints import check_pickles, complete_checkpoints, weights_only_loads
 from ..model.presets import preset
-from ..engine.checkpoints import complete_checkpoints
 from ..model import CLIPMCQ, MCQ, create_model, create_tokenizer, load_pretrained, model_config_from_dict
 from ..model.loading import BRIDGE_PREFIXES
 from ..model.released import from_weight_file
 from ..model.weights_io import load_pickled
 
-# Classes a ZeRO checkpoint's optimizer files pickle besides tensors (DeepSpeed 0.16–0.19).
-_DEEPSPEED_CLASSES = frozenset({
-    "deepspeed.runtime.zero.config.ZeroStageEnum",
-    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-    "deepspeed.utils.tensor_fragment.fragment_address",
-})
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
@@ -89,7 +82,7 @@ def _original(path: Path, bridge: bool, frames: int | None, tokenizer: str | Non
         return from_weight_file(path, bridge=bridge, frames=frames, tokenizer=tokenizer)
     except ValueError as err:
         if bridge and "no BridgeFormer" in str(err):
-            raise ValueError(f"{path}: {err}. Attention maps need the BridgeFormer: use a pre-training checkpoint "
+            raise ValueError(f"{err}. Attention maps need the BridgeFormer: use a pre-training checkpoint "
                              "(MCQ.pth holds it) or a model folder exported by `mcq-ds train`") from None
         raise
 
@@ -108,22 +101,15 @@ def deepspeed_tag(folder: Path) -> Path:
                             "run's OUT/model, OUT, or OUT/checkpoints/stepNNNNNNNN")
 
 
-def _check_pickles(tag: Path) -> None:
-    for file in sorted(tag.glob("*.pt")):
-        foreign = set(torch.serialization.get_unsafe_globals_in_checkpoint(file)) - _DEEPSPEED_CLASSES
-        if foreign:
-            raise ValueError(f"{file}: refused, the file names {sorted(foreign)[:5]}, which a DeepSpeed checkpoint "
-                             "of mcq-ds never holds; it will not be unpickled")
-
-
 def _deepspeed(tag: Path, bridge: bool) -> tuple[MCQ | CLIPMCQ, PreTrainedTokenizerBase, int | None]:
-    _check_pickles(tag)
+    check_pickles(tag)
     states = sorted(tag.glob("*model_states.pt"))
     client = load_pickled(states[0])
     if any(tag.glob("*zero_pp_rank_*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(tag.parent), tag=tag.name)
+        with weights_only_loads():
+            state = get_fp32_state_dict_from_zero_checkpoint(str(tag.parent), tag=tag.name)
     elif isinstance(client.get("module"), dict):
         state = client["module"]
     else:

@@ -99,6 +99,14 @@ def clip_tensor(jpgs: bytes, offsets: np.ndarray, spec: ClipSpec) -> tuple[torch
     return clips, missing
 
 
+def seen_frames(frames: torch.Tensor, normalisation: str) -> np.ndarray:
+    """Normalised frames (F, 3, S, S), one window of a clip, back as (F, S, S, 3) uint8 pictures: what the model
+    saw, for a person to look at."""
+    mean, std = NORMALISATION[normalisation]
+    pixels = frames * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    return (pixels.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
 def read_offsets(raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype="<i4").astype(np.int64)
 

@@ -8,7 +8,8 @@ Output folder:
     video_embeddings.npy   (N, D) float32, unit rows        video_ids.txt   N lines, the file paths
     text_embeddings.npy    (Q, D) float32, unit rows        text_ids.txt    Q lines, the queries (--texts)
     failed.jsonl           one {"id", "reason"} per file that could not be read (also printed)
-    extract.json           model, frame protocol, counts
+    extract.json           model (and its weights' digest, checked by `search` and `serve`), frame protocol, counts,
+                           the working directory that relative video paths start from
 
 Large folders: inputs are processed in chunks (`--chunk` files) and each finished chunk is kept in `OUT/.parts`,
 so a killed run, rerun with the same command, goes on from the first unfinished chunk; the final files are
@@ -36,6 +37,7 @@ from ..runtime import atomic_write, pick_device, write_text_atomic
 from .checkpoint import LoadedModel, load_model
 from .data import ClipSpec, video_file_clip
 from .embed import PRECISIONS, batched, embed_texts, embed_windows
+from .identity import DIGEST_KEY, weights_digest
 
 PARTS = ".parts"
 
@@ -217,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     spec = ClipSpec.of(loaded.model, args.frames, args.window_stride)
     summary = {"model": loaded.describe(), "frames": spec.num_frames, "window_stride": args.window_stride,
                "normalisation": spec.normalisation, "precision": args.precision, "device": str(device),
-               "ignored_non_video_files": ignored}
+               "ignored_non_video_files": ignored, DIGEST_KEY: weights_digest(loaded.model),
+               "working_directory": os.getcwd()}
     args.out.mkdir(parents=True, exist_ok=True)
     if paths:
         summary.update(extract_videos(loaded, paths, spec, args, device))

@@ -22,6 +22,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch.distributed as dist
 
@@ -104,8 +105,10 @@ def named_sets(items: list[str]) -> dict[str, str] | None:
     return named
 
 
-def evaluate(args: argparse.Namespace) -> dict | None:
-    """The one-set form. Runs on every rank; rank 0 returns the results (also written as JSON), the others None."""
+def evaluate(args: argparse.Namespace, report: Callable[[dict], None] | None = None) -> dict | None:
+    """The one-set form. Runs on every rank; rank 0 returns the results (also written as JSON), the others None.
+    `report` is shown the results before anything is written, so an output folder that cannot be written costs no
+    results."""
     if named_sets(args.sets) is not None:
         raise ValueError("SET=SHARDS arguments: use evaluate_sets")
     loaded, device = _load(args)
@@ -115,6 +118,8 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     if scores is None:
         return None
     results = _results(args, loaded, scores, set_name(shards), shards, time.perf_counter() - start)
+    if report is not None:
+        report(results)
     out = args.out or default_out(Path(args.model), f"{results['protocol']['set']}-{_suffix(args, scores.spec)}")
     _write(args, results, scores, out, args.save_embeddings)
     _track(args, results, out, loaded.step)
@@ -122,9 +127,10 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     return results
 
 
-def evaluate_sets(args: argparse.Namespace) -> dict | None:
+def evaluate_sets(args: argparse.Namespace, report: Callable[[dict], None] | None = None) -> dict | None:
     """The benchmark form: every SET=SHARDS with its protocol, one JSON each, the comparison table, one MLflow run.
-    Runs on every rank; rank 0 returns {"sets": {set: results}, "table": markdown, "out": folder}."""
+    Runs on every rank; rank 0 returns {"sets": {set: results}, "table": markdown, "out": folder}. `report` is shown
+    each set's results as soon as they are scored, before anything is written."""
     sets = named_sets(args.sets)
     loaded, device = _load(args)
     everything = {}
@@ -133,6 +139,8 @@ def evaluate_sets(args: argparse.Namespace) -> dict | None:
         scores = _score_set(args, loaded, device, shards, name)
         if scores is not None:
             everything[name] = (scores, _results(args, loaded, scores, name, shards, time.perf_counter() - start))
+            if report is not None:
+                report(everything[name][1])
     if not everything:
         return None
     folder = args.out or default_folder(Path(args.model))
@@ -242,30 +250,27 @@ def _track_sets(args, results: dict[str, dict], table: Path, step: int | None, t
         tracker.log_artifact(table)
 
 
-def _report(results: dict) -> None:
+def _print_results(results: dict) -> None:
     p = results["protocol"]
     print(f"{p['set']}: {p['videos']} videos, {p['queries']} queries ({p['captions_per_video']}), "
           f"{p['frames']} frames ({p['frame_sampling']}), {p['scoring']}")
-    print(format_metrics(results["metrics"]))
+    print(format_metrics(results["metrics"]), flush=True)
     if results["skipped"]["count"]:
         print(f"left out {results['skipped']['count']} samples that cannot be read "
               f"({', '.join(f'{n} {r}' for r, n in results['skipped']['by_reason'].items())}; listed in the "
               "results JSON)")
-    print(f"wrote {results['out']}")
 
 
 def run(args: argparse.Namespace) -> int:
     if named_sets(args.sets) is None:
-        results = evaluate(args)
+        results = evaluate(args, report=_print_results)
         if results is not None:
-            _report(results)
+            print(f"wrote {results['out']}")
     else:
-        results = evaluate_sets(args)
+        results = evaluate_sets(args, report=_print_results)
         if results is not None:
-            for res in results["sets"].values():
-                _report(res)
             print("\n" + results["table"])
-            print(f"wrote {results['table_path']}")
+            print(f"wrote {', '.join(r['out'] for r in results['sets'].values())} and {results['table_path']}")
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -55,10 +55,10 @@ def chunked_topk(queries: np.ndarray, embeddings: np.ndarray, k: int, chunk_size
         best_scores = torch.empty((len(q), 0), device=device)
         best_rows = torch.empty((len(q), 0), dtype=torch.long, device=device)
         for start in range(0, len(embeddings), chunk_size):
-            block = torch.from_numpy(np.array(embeddings[start:start + chunk_size], dtype=np.float32))  # writable copy
-            merged_scores = torch.cat([best_scores, q @ block.to(device, non_blocking=True).T], dim=1)
-            merged_rows = torch.cat([best_rows, torch.arange(start, start + len(block), device=device)
-                                     .expand(len(q), -1)], dim=1)
+            block = _as_tensor(embeddings[start:start + chunk_size])
+            chunk = (q @ block.to(device, non_blocking=True).T).topk(min(k, len(block)), dim=1)
+            merged_scores = torch.cat([best_scores, chunk.values], dim=1)
+            merged_rows = torch.cat([best_rows, chunk.indices + start], dim=1)
             top = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
             best_scores, best_rows = top.values, merged_rows.gather(1, top.indices)
         rows.append(best_rows.cpu().numpy())
@@ -68,8 +68,31 @@ def chunked_topk(queries: np.ndarray, embeddings: np.ndarray, k: int, chunk_size
     return Hits(np.concatenate(rows), np.concatenate(scores))
 
 
-def faiss_topk(queries: np.ndarray, npy: Path, k: int, factory: str) -> Hits:
-    """Top-k through a FAISS inner-product index built once from `npy` and cached beside it."""
+def open_embeddings(npy: Path) -> np.ndarray:
+    """The embedding matrix memory-mapped copy-on-write: nothing is read until it is used, rows are read from the
+    page cache without a copy, and the file is never written."""
+    return np.load(npy, mmap_mode="c")
+
+
+def _as_tensor(block: np.ndarray) -> torch.Tensor:
+    """Rows as a float32 tensor, sharing memory where they already are float32 and writable (a copy-on-write map):
+    copying each chunk took most of the time of a 1 M-row scan on the CPU."""
+    if block.dtype == np.float32 and block.flags.writeable and block.flags.c_contiguous:
+        return torch.from_numpy(block)
+    return torch.from_numpy(np.array(block, dtype=np.float32))
+
+
+def faiss_topk(queries: np.ndarray, npy: Path, k: int, factory: str, index=None) -> Hits:
+    """Top-k through a FAISS inner-product index built once from `npy` and cached beside it (or `index`, one
+    `faiss_index` already opened)."""
+    index = faiss_index(npy, factory) if index is None else index
+    scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return Hits(rows, scores)
+
+
+def faiss_index(npy: Path, factory: str):
+    """The FAISS inner-product index of `npy` for this factory string: read from its cache beside `npy` when that is
+    newer than `npy`, else built (in blocks of rows) and cached."""
     try:
         import faiss
     except ImportError:
@@ -86,8 +109,7 @@ def faiss_topk(queries: np.ndarray, npy: Path, k: int, factory: str) -> Hits:
         for start in range(0, len(vectors), 1 << 18):
             index.add(np.ascontiguousarray(vectors[start:start + (1 << 18)], dtype=np.float32))
         faiss.write_index(index, str(cached))
-    scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return Hits(rows, scores)
+    return index
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,14 +144,18 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("text queries need --model (the model that made the embeddings)")
         from .checkpoint import load_model
         from .embed import embed_texts
+        from .identity import check_same_model
 
         loaded = load_model(args.model, bridge=False, tokenizer=args.tokenizer)
+        warning = check_same_model(npy.parent, loaded)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
         queries = embed_texts(loaded.model.to(device), loaded.tokenizer, args.queries, device,
                               precision=args.precision)
         names = list(args.queries)
     else:
         raise ValueError("give text queries (with --model) or --query-embeddings")
-    embeddings = np.load(npy, mmap_mode="r")
+    embeddings = open_embeddings(npy)
     if embeddings.shape[1] != queries.shape[1]:
         raise ValueError(f"queries are {queries.shape[1]}-d but {npy} is {embeddings.shape[1]}-d: embed them with "
                          "the model that made the video embeddings")

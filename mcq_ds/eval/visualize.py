@@ -17,12 +17,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mcq_shards.media import MediaError
 
-from ..data.batch import NORMALISATION, Tokens
+from ..data.batch import Tokens
 from ..data.questions import ANSWER_PROMPT, Phrase, WordPieceCounter, span_question
 from ..runtime import pick_device
 from .attention import question_attention
-from .checkpoint import load_model
-from .data import ClipSpec, video_file_clip
+from .checkpoint import LoadedModel, load_model
+from .data import ClipSpec, seen_frames, video_file_clip
 
 PAD, LABEL = 4, 22  # pixels between cells, height of a row's label strip
 
@@ -86,14 +86,16 @@ def draw_figure(frames: np.ndarray, heat: np.ndarray, labels: list[str], caption
     return canvas
 
 
-def attention_figure(model_path: str | Path, video: str | Path, caption: str, nouns: list[str], verbs: list[str],
-                     frames: int | None = None, tokens: str = "words", block: int | None = -1, cell: int = 224,
-                     tokenizer: str | None = None, device: str | None = None) -> AttentionFigure:
+def attention_figure(model: str | Path | LoadedModel, video: str | Path, caption: str, nouns: list[str],
+                     verbs: list[str], frames: int | None = None, tokens: str = "words", block: int | None = -1,
+                     cell: int = 224, tokenizer: str | None = None, device: str | None = None) -> AttentionFigure:
+    """`model`: a checkpoint to load, or one already loaded with its BridgeFormer (`mcq-ds serve` keeps one)."""
     questions = [("noun", p) for p in nouns] + [("verb", p) for p in verbs]
     if not questions:
         raise ValueError("give at least one --noun or --verb phrase of the caption")
     device = pick_device(device)
-    loaded = load_model(model_path, bridge=True, frames=frames, tokenizer=tokenizer)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, bridge=True, frames=frames,
+                                                                      tokenizer=tokenizer)
     model, tok = loaded.model.to(device), loaded.tokenizer
     spec = ClipSpec.of(model, frames)
     try:
@@ -113,9 +115,7 @@ def attention_figure(model_path: str | Path, video: str | Path, caption: str, no
     heat = question_attention(model, video_batch, encode([caption] * n), encode(texts),
                               encode([ANSWER_PROMPT + p["text"] for p in phrases]), tok.mask_token_id, tokens,
                               block).cpu()
-    mean, std = NORMALISATION[spec.normalisation]
-    pixels = clip[0] * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-    shown = (pixels.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    shown = seen_frames(clip[0], spec.normalisation)
     labels = [f"{kind} question: {text}" for (kind, _), text in zip(questions, texts)]
     return AttentionFigure(draw_figure(shown, heat.numpy(), labels, caption, cell), shown, heat, texts)
 

@@ -176,9 +176,17 @@ def from_original(path: str | Path, num_frames: int = 4, bridge: bool = True, to
     (`MILES.pth`, `bridge=False`) without the original code and without executing anything pickled in it.
     `bridge=False` gives the retrieval model; `state` is the file's state dict when the caller has read it already."""
     state = read_state_dict(path) if state is None else state
-    cfg = config_from_original(state, num_frames=num_frames, bridge=bridge, tokenizer=tokenizer, head_dim=head_dim)
-    model = MCQ(cfg)
-    model.load_state_dict(original_to_mcq(state, bridge=bridge), strict=True)
+    try:
+        cfg = config_from_original(state, num_frames=num_frames, bridge=bridge, tokenizer=tokenizer,
+                                   head_dim=head_dim)
+        model = MCQ(cfg)
+        model.load_state_dict(original_to_mcq(state, bridge=bridge), strict=True)
+    except (KeyError, IndexError, RuntimeError) as err:  # a tensor MCQ has is missing, or has another shape
+        reason = f"no tensor {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:300]
+        raise ValueError(f"{path}: not an original MCQ checkpoint, nor a MILES one ({reason}); for CLIP weights such "
+                         "as MCQ_CLIP.pth use `mcq-ds convert-clip`") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     return model
 
 

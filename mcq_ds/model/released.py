@@ -32,9 +32,5 @@ def from_weight_file(path: str | Path, bridge: bool = False, frames: int | None 
     if is_clip_layout(state):
         model = from_clip(path, num_frames=frames or 8, bridge=bridge, state=state)
         return model, create_tokenizer(model.cfg)
-    try:
-        model = from_original(path, num_frames=frames or 4, bridge=bridge, tokenizer=tokenizer, state=state)
-    except KeyError as err:  # a tensor every MCQ checkpoint has is missing
-        raise ValueError(f"{path}: neither an MCQ / MILES checkpoint (no {err}) nor CLIP weights in OpenAI's layout "
-                         "(no visual.conv1.weight)") from None
+    model = from_original(path, num_frames=frames or 4, bridge=bridge, tokenizer=tokenizer, state=state)
     return model, load_tokenizer(model.cfg.text)

@@ -54,7 +54,8 @@ def make_key(source: str, raw_id: str) -> str:
 class VideoFolder:
     """The video files under a folder, found by name the way the benchmark layouts name them: by their file name, or
     by their name without its extension (MSVD's ``YouTubeClips/<id>.avi``, LSMDC's ``<movie>/<clip id>.avi``, DiDeMo
-    files transcoded to another container). The folder is walked once, on the first lookup."""
+    files transcoded to another container). The folder is walked once, on the first lookup. A name is only ever
+    matched against files found below the folder, so an annotation cannot lead a conversion out of it."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -71,10 +72,9 @@ class VideoFolder:
                     self._by_name.setdefault(name, path)
                     self._by_stem.setdefault(stem, []).append(path)
 
-    def find(self, name: str, where: str) -> str:
-        """The path of video ``name`` (a file name or an id). A missing video gives a path that does not exist, so
-        that its row becomes a counted reject; two files for one id are an error naming both (``where`` is the
-        annotation line asking for it)."""
+    def find(self, name: str, where: str) -> str | None:
+        """The path of video ``name`` (a file name or an id), None when no file below the folder has that name; two
+        files for one id are an error naming both (``where`` is the annotation line asking for it)."""
         if self._by_name is None:
             self._walk()
         if name in self._by_name:
@@ -84,4 +84,19 @@ class VideoFolder:
         if len(found) > 1:
             raise InputError(where, None, None, f"video {name!r} matches several files ({', '.join(found[:3])}); "
                              f"keep one per video under {self.root}")
-        return found[0] if found else str(self.root / name)
+        return found[0] if found else None
+
+    def missing(self, name: str) -> str:
+        """The reject reason of a video that is not there."""
+        return f"file not found: no video named {name!r} under {self.root}"
+
+
+def escapes(relative: str) -> str | None:
+    """Why a path taken from a table may not be read below its data folder, or None when it may: an absolute path,
+    or one whose `..` parts climb out of the folder (the check is on the text; links inside the folder are followed,
+    as data sets are often folders of links). A table from elsewhere could otherwise pull any file into the shards."""
+    normal = os.path.normpath(relative)
+    if os.path.isabs(relative) or normal == ".." or normal.startswith(".." + os.sep):
+        return (f"path outside the data folder: {relative!r} is absolute or climbs out with '..' "
+                "(--allow-outside-paths reads it)")
+    return None

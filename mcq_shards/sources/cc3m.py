@@ -13,13 +13,13 @@ number, ``cc3m-%09d``, which is also img2dataset's key, so both layouts give the
 from __future__ import annotations
 
 import csv
+import json
 import os
 import zlib
 from pathlib import Path
-from typing import Iterator
 
 from mcq_shards.sources import Row
-from mcq_shards.tables import InputError, read_table
+from mcq_shards.tables import ENCODING, InputError, read_table
 
 PER_FOLDER = 10_000  # img2dataset's default number_sample_per_shard
 
@@ -42,26 +42,48 @@ def detect_naming(images: Path) -> str:
     return "img2dataset" if folders else "crc32"
 
 
-def read(tsv: Path, images: Path, naming: str = "auto") -> Iterator[Row]:
+def read(tsv: Path, images: Path, naming: str = "auto") -> list[Row]:
     naming = detect_naming(images) if naming == "auto" else naming
     by_stem = _stems(images) if naming == "crc32" else {}
     header = _has_header(tsv)  # the published file has none; some copies add "caption<TAB>url"
-    rows = read_table(tsv, ["caption", "url"], delimiter="\t", header=header, quoting=csv.QUOTE_NONE)
-    for index, (line, r) in enumerate(rows):
+    rows = []
+    for index, (line, r) in enumerate(read_table(tsv, ["caption", "url"], delimiter="\t", header=header,
+                                                 quoting=csv.QUOTE_NONE)):
         url = r["url"].strip()
         if naming == "img2dataset":
             path = images / img2dataset_name(index)
         else:
             name = crc32_name(url)
             path = images / by_stem.get(name, name)
-        yield Row(source="cc3m", key=f"cc3m-{index:09d}", id=url, caption=r["caption"], media=str(path), kind="image",
-                  where=f"{tsv}:{line}")
+        rows.append(Row(source="cc3m", key=f"cc3m-{index:09d}", id=url, caption=r["caption"], media=str(path),
+                        kind="image", where=f"{tsv}:{line}"))
+    if naming == "img2dataset":
+        check_alignment(rows)
+    return rows
+
+
+def check_alignment(rows: list[Row], probes: int = 16) -> None:
+    """Stops when the TSV and an img2dataset folder are out of step. img2dataset names each file by its row and
+    writes the row's url beside it (`<key>.json`); a line lost or gained (a header taken for data, a truncated copy)
+    shifts every later caption onto the wrong image while the counts still balance. A few evenly spaced rows with
+    such a record are compared (cheap: one small file each)."""
+    picks = sorted({round(k * (len(rows) - 1) / max(1, probes - 1)) for k in range(probes)}) if rows else []
+    for row in (rows[i] for i in picks):
+        try:
+            stored = json.loads(Path(row.media).with_suffix(".json").read_text(encoding=ENCODING))
+        except (OSError, ValueError):
+            continue  # no record (a failed download, or a copy without them): nothing to compare
+        if isinstance(stored, dict) and stored.get("url") not in (None, row.id):
+            path, line = row.where.rsplit(":", 1)
+            raise InputError(path, int(line), 2, f"url {row.id} but img2dataset stored {stored['url']} for "
+                             f"{row.media}: the table and the image folder are out of step (a line lost or added?); "
+                             "give the TSV img2dataset downloaded from")
 
 
 def _has_header(tsv: Path) -> bool:
     if not tsv.is_file():
         raise InputError(tsv, None, None, "file not found")
-    with open(tsv, encoding="utf-8", errors="surrogateescape") as f:
+    with open(tsv, encoding=ENCODING, errors="surrogateescape") as f:
         return f.readline().rstrip("\r\n") == "caption\turl"
 
 

@@ -40,9 +40,10 @@ def read(root: Path, split: str, annotations: Path | None = None, split_list: Pa
             raise InputError(split_list, line, 1, f"{name} has no moment in {annotations}")
         where = f"{split_list}:{line}" if split_list else where_of[name]
         sentences = paragraphs[name][1]
-        yield Row(source="didemo", key=make_key("didemo", name), id=name, caption=" ".join(sentences),
-                  media=folder.find(name, where), kind="video", where=where,
-                  extra={"split": split, "sentences": sentences})
+        media = folder.find(name, where)
+        yield Row(source="didemo", key=make_key("didemo", name), id=name, caption=" ".join(sentences), media=media,
+                  kind="video", where=where, extra={"split": split, "sentences": sentences},
+                  reject=None if media else folder.missing(name))
 
 
 def read_moments(path: Path) -> dict[str, tuple[int, list[str]]]:

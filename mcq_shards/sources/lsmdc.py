@@ -37,8 +37,7 @@ def read(root: Path, split: str, annotations: Path | None = None, videos: Path |
         extra = {"split": split}
         if len(sentences) > 1:
             extra["captions"] = sentences
-        row = Row(source="lsmdc", key=make_key("lsmdc", clip_id), id=clip_id, caption=sentences[0],
-                  media=folder.find(clip_id, where), kind="video", where=where, extra=extra)
-        if not clip_id:
-            row.reject = "missing media: the clip id field is empty"
-        yield row
+        media = folder.find(clip_id, where) if clip_id else None
+        yield Row(source="lsmdc", key=make_key("lsmdc", clip_id), id=clip_id, caption=sentences[0], media=media,
+                  kind="video", where=where, extra=extra, reject=None if media else
+                  folder.missing(clip_id) if clip_id else "missing media: the clip id field is empty")

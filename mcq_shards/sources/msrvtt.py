@@ -22,7 +22,7 @@ import pickle
 from pathlib import Path
 from typing import Iterator
 
-from mcq_shards.sources import Row, make_key
+from mcq_shards.sources import Row, escapes, make_key
 from mcq_shards.tables import InputError, read_json, read_lines, read_table
 
 SPLITS = ("test", "train", "train7k")
@@ -42,7 +42,9 @@ def find(root: Path, name: str, *subdirs: str) -> Path:
 
 
 def read(root: Path, split: str, annotations: Path | None = None, split_list: Path | None = None,
-         caption_index: Path | None = None, videos: Path | None = None) -> Iterator[Row]:
+         caption_index: Path | None = None, videos: Path | None = None, outside_paths: bool = False
+         ) -> Iterator[Row]:
+    """`outside_paths` reads video ids that lead out of the video folder instead of rejecting them."""
     lists = ("high-quality/structured-symlinks",)
     annotations = annotations or find(root, "MSR_VTT.json", "annotation")
     videos = videos or root / "videos" / "all"
@@ -66,7 +68,8 @@ def read(root: Path, split: str, annotations: Path | None = None, split_list: Pa
         else:
             caption, extra["captions"] = all_captions[0], all_captions
         yield Row(source="msrvtt", key=make_key("msrvtt", video_id), id=video_id, caption=caption,
-                  media=str(videos / f"{video_id}.mp4"), kind="video", where=f"{list_file}:{line}", extra=extra)
+                  media=str(videos / f"{video_id}.mp4"), kind="video", where=f"{list_file}:{line}", extra=extra,
+                  reject=None if outside_paths else escapes(f"{video_id}.mp4"))
 
 
 def _listed_videos(root: Path, split: str, split_list: Path | None, lists: tuple[str, ...]
@@ -110,12 +113,14 @@ def read_caption_index(path: Path) -> dict[str, int]:
             except ValueError:
                 raise InputError(path, line, 2, f"caption_index {r['caption_index']!r} is not an integer") from None
         return table
+    hint = (f"give the {CAPTION_INDEX} of Frozen-in-Time's MSRVTT.zip, or the same table as a CSV "
+            "(video_id,caption_index) with --caption-index")
     try:
         value = DataOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise InputError(path, None, None, f"cannot read caption index: {err}") from None
+    except Exception as err:  # it builds plain data only, so any error means a malformed or foreign pickle
+        raise InputError(path, None, None, f"cannot read caption index ({type(err).__name__}: {err}); {hint}") from None
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in value.items()):
-        raise InputError(path, None, None, "caption index must map video ids (str) to caption indices (int)")
+        raise InputError(path, None, None, f"caption index must map video ids (str) to caption indices (int); {hint}")
     return value
 
 

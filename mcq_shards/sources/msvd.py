@@ -35,9 +35,10 @@ def read(root: Path, split: str, captions: Path | None = None, split_list: Path 
         texts = by_video.get(video_id)
         if not texts:
             raise InputError(split_list, line, 1, f"{video_id} has no caption in {captions}")
-        yield Row(source="msvd", key=make_key("msvd", video_id), id=video_id, caption=texts[0],
-                  media=folder.find(video_id, where), kind="video", where=where,
-                  extra={"split": split, "captions": texts})
+        media = folder.find(video_id, where)
+        yield Row(source="msvd", key=make_key("msvd", video_id), id=video_id, caption=texts[0], media=media,
+                  kind="video", where=where, extra={"split": split, "captions": texts},
+                  reject=None if media else folder.missing(video_id))
 
 
 def read_captions(path: Path) -> dict[str, list[str]]:

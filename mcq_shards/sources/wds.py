@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 
 from mcq_shards.media import media_kind
 from mcq_shards.sources import Member, Row, make_key
-from mcq_shards.tables import InputError
+from mcq_shards.tables import ENCODING, InputError
 from mcq_shards.tario import samples, split_name
 
 
@@ -48,7 +48,7 @@ def _row(path: Path, raw, key: str, group: list[tarfile.TarInfo], source: str) -
 
 def _text(raw, info: tarfile.TarInfo) -> str:
     raw.seek(info.offset_data)
-    return raw.read(info.size).decode("utf-8", errors="surrogateescape")
+    return raw.read(info.size).decode(ENCODING, errors="surrogateescape")
 
 
 def _small_json(raw, info: tarfile.TarInfo | None) -> dict:
