@@ -20,8 +20,8 @@ Its local loss is  mean over its rows of the row CE + mean over its columns of t
 
 The original differs in scale: every rank computes the full N×N loss L, its gather's backward keeps
 only the local slice of the incoming gradient, and DDP averages, so its update uses (1/W)·∇L. Adam
-is nearly insensitive to a constant gradient scale (it only shifts the role of ε), so the optimiser
-settings carry over.
+with (g/W, ε) takes exactly the step of (g, W·ε), so the engine's default ε is the original's times
+the original stage's GPU count (`Stage.paper_ranks`): the same updates at any world size.
 
 Local batch sizes must be equal on every rank (use ``drop_last`` in the training loader): the rank
 offsets are rank·n, and checking sizes would cost an extra collective and a host sync every step.

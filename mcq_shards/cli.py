@@ -10,12 +10,15 @@ from pathlib import Path
 from mcq_shards import __version__, synth
 from mcq_shards.convert import ConvertError, Options, convert
 from mcq_shards.errors import describe_os_error
-from mcq_shards.phrases import DEFAULT_MODEL
+from mcq_shards.phrases import DEFAULT_MODEL, SOURCES
 from mcq_shards.sources import didemo, lsmdc, msrvtt, msvd
 from mcq_shards.tables import InputError
 
 
-def _conversion_options(parser: argparse.ArgumentParser) -> None:
+BY_SPLIT = "by split"  # a benchmark's default order: shuffled training splits, the test split as its files list it
+
+
+def _conversion_options(parser: argparse.ArgumentParser, shuffle: bool | str = True) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True,
                         help="output directory; rerun the same command into it to resume")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
@@ -31,7 +34,29 @@ def _conversion_options(parser: argparse.ArgumentParser) -> None:
                         help="frames kept from any video; shorter videos are rejected (default %(default)s)")
     parser.add_argument("--max-frames", type=int, default=32, help="most frames kept per video (default %(default)s)")
     parser.add_argument("--spacy-model", default=DEFAULT_MODEL, help="spaCy pipeline for phrases (default %(default)s)")
+    parser.add_argument("--phrases", choices=SOURCES, default="textblob",
+                        help="noun phrases: textblob (the original's: TextBlob noun_phrases, lower-case, no "
+                             "determiners, NN* words when none) or spacy (noun chunks as written); verbs are always "
+                             "the original's spaCy pattern (default %(default)s)")
+    parser.add_argument("--phrases-file", type=Path, metavar="FILE",
+                        help="your own phrases instead: .jsonl or .csv (id or caption, nouns, verbs), or the "
+                             "original's *_noun_verb.tsv (matched by caption); samples it lacks are rejected")
+    order = parser.add_mutually_exclusive_group()
+    shown = {True: "%(default)s", False: "off: input order",
+             BY_SPLIT: "0 for a training split, off for the test split"}[shuffle]
+    order.add_argument("--shuffle-seed", type=int, default=0 if shuffle is True else None,
+                       help="store the rows in a global shuffle with this seed, so every shard (and so every batch) "
+                            f"mixes the whole input instead of neighbouring rows (default {shown})")
+    order.add_argument("--no-shuffle", action="store_true", help="keep the input order")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _shuffle_seed(args: argparse.Namespace) -> int | None:
+    if args.no_shuffle:
+        return None
+    if args.shuffle_seed is None and args.command in BENCHMARKS and args.split != "test":
+        return 0  # a training split mixes every video into every shard; a test split keeps its files' order
+    return args.shuffle_seed
 
 
 def _test_set_options(parser: argparse.ArgumentParser, published: int | None) -> None:
@@ -95,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=Path, help="folder of <video_id>.mp4 (default ROOT/videos/all)")
     _outside_paths_option(p)
     _test_set_options(p, msrvtt.TEST_SIZE)
-    _conversion_options(p)
+    _conversion_options(p, shuffle=BY_SPLIT)
 
     p = commands.add_parser("msvd", help="MSVD: 670 test videos (every caption a query), 1,200 training videos",
                             description="Convert MSVD from raw-captions.pkl and {train,val,test}_list.txt "
@@ -108,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-list", type=Path, help="video id list (default: ROOT/<split>_list.txt)")
     p.add_argument("--videos", type=Path, help="folder holding <video id>.avi anywhere below (default ROOT)")
     _test_set_options(p, msvd.TEST_SIZE)
-    _conversion_options(p)
+    _conversion_options(p, shuffle=BY_SPLIT)
 
     p = commands.add_parser("lsmdc", help="LSMDC: the 1,000-clip public test, or the training / validation clips",
                             description="Convert LSMDC from its tab-separated annotation files (LSMDC16_annos_"
@@ -118,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", type=Path, help="the split's annotation file (default: found under ROOT)")
     p.add_argument("--videos", type=Path, help="folder holding <movie>/<clip id>.avi anywhere below (default ROOT)")
     _test_set_options(p, lsmdc.TEST_SIZE)
-    _conversion_options(p)
+    _conversion_options(p, shuffle=BY_SPLIT)
 
     p = commands.add_parser("didemo", help="DiDeMo: paragraph-to-video retrieval, first 30 s of each video",
                             description="Convert DiDeMo from {train,val,test}_data.json (+ CLIP4Clip's *_list.txt "
@@ -134,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep each video's first seconds, the span DiDeMo's moments were annotated on (default "
                         "%(default)s)")
     _test_set_options(p, didemo.TEST_SIZE)
-    _conversion_options(p)
+    _conversion_options(p, shuffle=BY_SPLIT)
 
     p = commands.add_parser("wds", help="WebDataset shards from img2dataset / video2dataset",
                             description="Re-shard WebDataset tars (media + txt/json per sample), adding phrases "
@@ -199,11 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "synth":
         return synth.run(args)
     if args.command == "verify":
-        from mcq_shards.verify import verify
+        from mcq_shards.verify import describe, verify
 
         problems = verify(args.dir, progress=not args.quiet)
         for problem in problems:
             print(problem)
+        for line in describe(args.dir):
+            print(f"{args.dir}: {line}")
         print(f"{args.dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
     test_set = args.command in BENCHMARKS and args.split == "test"
@@ -213,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         options = Options(shard_size=args.shard_size, image_size=args.image_size, jpeg_quality=args.jpeg_quality,
                           fps=args.fps, min_frames=args.min_frames, max_frames=args.max_frames,
                           require_nouns=args.command not in BENCHMARKS, spacy_model=args.spacy_model,
+                          shuffle_seed=_shuffle_seed(args), phrases=args.phrases,
+                          phrases_file=str(args.phrases_file) if args.phrases_file else None,
                           max_seconds=getattr(args, "max_seconds", None))
         rows = list(_rows(args))
         if test_set:

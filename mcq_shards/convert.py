@@ -3,7 +3,9 @@
 How it keeps its promises (every row in exactly one shard or in ``rejects.jsonl``; resumable after a
 kill -9; same inputs and options, same bytes):
 
-* Row ``i`` of the input belongs to shard ``i // shard_size``, decided before anything runs.
+* Rows are put in their conversion order first: the input order, or with ``shuffle_seed`` a permutation
+  that depends only on the seed and each row's key. Position ``i`` of that order belongs to shard
+  ``i // shard_size``, decided before anything runs.
 * Workers convert small batches of rows; the main process alone writes, taking results in input
   order, so the shards do not depend on ``--workers`` or on timing.
 * A shard is written as ``.part`` files and renamed when complete; then a record of it
@@ -35,7 +37,8 @@ from tqdm import tqdm
 from mcq_shards import __version__
 from mcq_shards.manifest import FORMAT, MANIFEST, REJECTS, write_json_atomic, write_text_atomic
 from mcq_shards.media import MediaError, normalize_image, normalize_video
-from mcq_shards.phrases import DEFAULT_MODEL, PhraseParser, parser_versions
+from mcq_shards.phrase_table import read_phrase_table
+from mcq_shards.phrases import DEFAULT_MODEL, SOURCES, PhraseParser, describe_source, locate_all, parser_versions
 from mcq_shards.sources import Member, Row
 from mcq_shards.tables import is_utf8
 from mcq_shards.tario import ShardWriter, index_text, sha256_file
@@ -61,6 +64,9 @@ class Options:
     max_frames: int = 32
     require_nouns: bool = True
     spacy_model: str = DEFAULT_MODEL
+    shuffle_seed: int | None = None  # None: keep the input order
+    phrases: str = "textblob"  # noun phrases: "textblob" (the original's) or "spacy" (noun chunks)
+    phrases_file: str | None = None  # a user's phrases per sample instead of any parser
     max_seconds: float | None = None  # keep only each video's first seconds (DiDeMo: the annotated 30 s)
 
     def __post_init__(self):
@@ -68,6 +74,8 @@ class Options:
             raise ValueError("shard size and image size must be positive, JPEG quality in 1..100")
         if self.fps <= 0 or not 1 <= self.min_frames <= self.max_frames:
             raise ValueError("fps must be positive and 1 <= min frames <= max frames")
+        if self.phrases not in SOURCES:
+            raise ValueError(f"phrases must be one of {', '.join(SOURCES)}, got {self.phrases!r}")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ValueError("max seconds must be positive")
 
@@ -77,13 +85,19 @@ def convert(rows: Iterable[Row], out: Path, source: str, options: Options, worke
     """Convert ``rows`` into shards in ``out``; returns the manifest. Safe to rerun after a crash."""
     rows = list(rows)  # reads the whole input table first: a malformed one stops before any work
     _check_rows(rows)
+    fingerprint = _fingerprint(rows)
+    phrases = {**describe_source(options.phrases), **parser_versions(options.spacy_model)}
+    if options.phrases_file:
+        phrases = {"source": "file", "file": _attach_phrases(rows, Path(options.phrases_file))}
+    order = conversion_order([row.key for row in rows], options.shuffle_seed)
+    rows = [rows[i] for i in order]
     prefix = prefix or source
     out.mkdir(parents=True, exist_ok=True)
     (out / PROGRESS).mkdir(exist_ok=True)
     plan = {
         "format": FORMAT, "source": source, "prefix": prefix, "converter_version": __version__,
-        "options": dataclasses.asdict(options), "phrases": parser_versions(options.spacy_model),
-        "input": {"rows": len(rows), "fingerprint": _fingerprint(rows)},
+        "options": dataclasses.asdict(options), "phrases": phrases,
+        "input": {"rows": len(rows), "fingerprint": fingerprint},
     }
     _claim(out, plan)
 
@@ -101,13 +115,48 @@ def convert(rows: Iterable[Row], out: Path, source: str, options: Options, worke
         for (j, batch, last), results in _ordered_map(convert_batch, batches, workers or os.cpu_count() or 1,
                                                       init_worker, (options,)):
             if shard is None:
-                shard = _ShardJob(out, prefix, j, first_row=j * size)
+                shard = _ShardJob(out, prefix, j, first_row=j * size, input_rows=order)
             shard.add(batch, results)
             bar.update(len(batch))
             if last:
                 shard.finish()
                 shard = None
     return _write_manifest(out, plan, len(jobs))
+
+
+def conversion_order(keys: list[str], seed: int | None) -> list[int]:
+    """Input row indices in the order they are converted: the input order, or with a seed a global shuffle.
+
+    Published tables are grouped (WebVid's CSV by ``page_dir``, a page of 50 related clips), and a loader that reads
+    shards in order draws every batch from a few thousand neighbouring rows, so a batch's negatives would be near
+    duplicates. Shuffling once here makes every shard a uniform sample of the whole set. A row's place depends only
+    on the seed and its key (a keyed hash, ties kept in input order), not on a library's random stream, so it is
+    the same on every machine and version, and any part of the conversion can be computed on its own.
+    """
+    if seed is None:
+        return list(range(len(keys)))
+
+    def rank(i: int) -> tuple[bytes, int]:
+        return hashlib.blake2b(f"{seed}:{keys[i]}".encode("utf-8", "surrogateescape"), digest_size=8).digest(), i
+    return sorted(range(len(keys)), key=rank)
+
+
+def _attach_phrases(rows: list[Row], path: Path) -> dict:
+    """Gives every usable row its phrases from a ``--phrases-file`` as caption spans; a row the file does not list
+    is rejected. Returns what the manifest records about the file."""
+    table = read_phrase_table(path)
+    unlocated = 0
+    for row in rows:
+        if row.reject:
+            continue
+        found = table.lookup(row.id, row.caption)
+        if found is None:
+            row.reject = f"no phrases: {path.name} lists no {table.by} {row.id if table.by == 'id' else row.caption!r}"
+            continue
+        (nouns, missing_nouns), (verbs, missing_verbs) = (locate_all(row.caption, texts) for texts in found)
+        unlocated += missing_nouns + missing_verbs
+        row.phrases = {"nouns": nouns, "verbs": verbs}
+    return {**table.summary(), "phrases_not_in_caption": unlocated}
 
 
 def _check_rows(rows: list[Row]) -> None:
@@ -189,8 +238,9 @@ def _finished(out: Path, prefix: str, j: int) -> bool:
 class _ShardJob:
     """One shard being written: samples go to ``.part`` files until :meth:`finish` renames them."""
 
-    def __init__(self, out: Path, prefix: str, j: int, first_row: int):
+    def __init__(self, out: Path, prefix: str, j: int, first_row: int, input_rows: list[int]):
         self.out, self.prefix, self.j, self.row = out, prefix, j, first_row
+        self.input_rows = input_rows  # conversion position -> input row
         self.name = _shard_name(prefix, j)
         self.tar = out / f"{self.name}.tar"
         self.part = out / f"{self.name}.tar.part"
@@ -203,7 +253,7 @@ class _ShardJob:
             if members is not None:
                 self.writer.write(row.key, members)
             else:
-                self.rejects.append({"row": self.row, "where": printable(row.where), "key": row.key,
+                self.rejects.append({"row": self.input_rows[self.row], "where": printable(row.where), "key": row.key,
                                      "id": printable(row.id), "reason": printable(reason)})
             self.row += 1
 
@@ -280,22 +330,28 @@ def _start_child(parent: int, init: Callable, *initargs) -> None:
     init(*initargs)
 
 
-_worker: tuple[Options, PhraseParser] | None = None
+_worker: tuple[Options, PhraseParser | None] | None = None
 
 
 def init_worker(options: Options) -> None:
-    """Load the phrase parser once per worker process (and once per model in a single-process run)."""
+    """Load the phrase parser once per worker process (and once per parser in a single-process run); none when a
+    phrases file gives every row its phrases."""
     global _worker
-    parser = _worker[1] if _worker and _worker[0].spacy_model == options.spacy_model else None
-    _worker = (options, parser or PhraseParser(options.spacy_model))
+    if options.phrases_file:
+        _worker = (options, None)
+        return
+    same = _worker and _worker[1] and (_worker[0].spacy_model, _worker[0].phrases) == (options.spacy_model,
+                                                                                         options.phrases)
+    _worker = (options, _worker[1] if same else PhraseParser(options.phrases, options.spacy_model))
 
 
 def convert_batch(job: tuple[int, list[Row], bool]) -> list[tuple[dict | None, str | None]]:
     """``(members, None)`` for each converted row, ``(None, reason)`` for each rejected one."""
     options, parser = _worker
     _, rows, _ = job
-    todo = [row for row in rows if not row.reject]
-    phrases = dict(zip((id(r) for r in todo), parser.parse(r.caption for r in todo)))
+    todo = [row for row in rows if not row.reject and row.phrases is None]
+    phrases = dict(zip((id(r) for r in todo), parser.parse(r.caption for r in todo))) if todo else {}
+    phrases.update((id(r), r.phrases) for r in rows if r.phrases is not None)
     results = []
     for row in rows:
         if row.reject:
@@ -313,7 +369,7 @@ def convert_batch(job: tuple[int, list[Row], bool]) -> list[tuple[dict | None, s
 def sample_members(row: Row, phrases: dict, options: Options) -> dict[str, bytes]:
     """The tar members of one sample: the media and its ``json``."""
     if options.require_nouns and not phrases["nouns"]:
-        raise MediaError("no noun phrase: spaCy noun chunks and the TextBlob chunker found none, so no MCQ question")
+        raise MediaError("no noun phrase: the caption has no noun (phrase), so no MCQ question")
     if row.kind is None:
         raise MediaError("unknown media type: no image or video file extension")
     media = _media_bytes(row.media)

@@ -45,6 +45,29 @@ def verify(directory: Path, progress: bool = True) -> list[str]:
     return problems
 
 
+def describe(directory: Path) -> list[str]:
+    """What a user should know about how a shard set was made, beyond its consistency: where its phrases came
+    from and the sample order."""
+    try:
+        raw = read_manifest(directory).raw
+    except ValueError:
+        return []
+    phrases = raw.get("phrases", {})
+    if phrases.get("source") == "file":
+        made = phrases["file"]
+        lines = [f"phrases: from {made['path']} (sha256 {made['sha256'][:12]}…, matched by {made['matched_by']}; "
+                 f"{made['entries_unused']} entries unused, {made['phrases_not_in_caption']} phrases not in their "
+                 "caption)"]
+    elif "source" in phrases:
+        lines = [f"phrases: {phrases['source']}: nouns {phrases['nouns']}; verbs {phrases['verbs']}"]
+    else:
+        lines = ["phrases: spacy: nouns spaCy noun chunks (a converter that did not record its phrase source)"]
+    seed = raw.get("options", {}).get("shuffle_seed")
+    lines.append(f"order: global shuffle of the input rows (seed {seed})" if seed is not None else
+                 "order: the input order (converted with --no-shuffle, or before the converter shuffled)")
+    return lines
+
+
 def _check_shard(shard, keys: set[str]) -> list[str]:
     name = shard.path.name
     if not shard.path.is_file():

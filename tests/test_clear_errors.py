@@ -30,7 +30,7 @@ def original_state(**replaced: torch.Tensor) -> dict[str, torch.Tensor]:
 def test_odd_pickles_given_to_convert_original(tmp_path, capsys, name, content, says):
     path = tmp_path / f"{name}.pth"
     torch.save(content(), path)
-    assert main(["convert-original", str(path), str(tmp_path / "out")]) == 2
+    assert main(["convert-original", str(path), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"{path}:" in err and says in err, err
     assert not (tmp_path / "out" / "config.json").exists()

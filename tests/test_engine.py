@@ -85,11 +85,13 @@ def test_killed_run_resumes_with_the_same_batches_and_losses(demo_shards, tmp_pa
 
 def test_two_ranks_train_and_resume_on_one_rank(demo_shards, tmp_path):
     """2 CPU ranks through the real `deepspeed` launcher, then the same run continued on 1 rank (ZeRO partitions
-    re-sharded through DeepSpeed's universal checkpoint)."""
+    re-sharded through DeepSpeed's universal checkpoint); micro-batches of 2, so both accumulate gradients with
+    negatives from the whole global batch."""
     out = tmp_path / "run"
     launcher = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module",
                 "mcq_ds.cli"]
-    proc = subprocess.run([*launcher, *train_args(demo_shards, out, "--max-steps", "2", "--save-every", "2")],
+    proc = subprocess.run([*launcher, *train_args(demo_shards, out, "--max-steps", "2", "--save-every", "2",
+                                                  "--micro-batch", "2")],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     marker = json.loads((out / "checkpoints/step00000002/complete.json").read_text())
@@ -100,7 +102,7 @@ def test_two_ranks_train_and_resume_on_one_rank(demo_shards, tmp_path):
 
     # a longer run than the one saved: on purpose, so --resume is given
     resumed = finish(mcq_ds(*train_args(demo_shards, out, "--max-steps", "4", "--save-every", "2",
-                                        "--resume", "latest")))
+                                        "--resume", "latest", "--micro-batch", "2")))
     assert "resuming on 1 ranks from a checkpoint written by 2" in resumed
     assert (out / "checkpoints/universal/step00000002").is_dir()
     assert set(losses(out)) >= {1, 2, 3, 4}

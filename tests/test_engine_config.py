@@ -65,7 +65,9 @@ def test_deepspeed_json_gets_the_run_dependent_values():
     ds = deepspeed_config(cfg, world_size=20)
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == \
         (20, 2, 800)
-    assert ds["optimizer"]["params"] == {"betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.0, "lr": 3e-5}
+    # ε: 1e-6 × the 40 GPUs of the original stage (its first value; the engine sets it before every step)
+    assert ds["optimizer"]["params"] == {"betas": [0.9, 0.999], "eps": pytest.approx(40e-6), "weight_decay": 0.0,
+                                         "lr": 3e-5}
     assert ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] == 2
     with pytest.raises(ValueError, match="--micro-batch"):
         deepspeed_config(parse("--stage", "4f-noun", "--data", "webvid=/s", "--micro-batch", "30"), world_size=8)

@@ -59,6 +59,33 @@ def test_tied_captions_of_one_video_are_averaged_before_the_minimum():
     assert t2v_ranks(sims, owner).tolist() == [0, 0, 0, 0]
 
 
+def _original_recalls(ranks):
+    """The original's `cols2metrics`: R@1 is `cols == 0`, the others `cols < K`."""
+    ranks = np.asarray(ranks)
+    return {"R@1": 100 * np.mean(ranks == 0), "R@5": 100 * np.mean(ranks < 5), "R@10": 100 * np.mean(ranks < 10),
+            "R@50": 100 * np.mean(ranks < 50)}
+
+
+def test_duplicate_captions_tie_at_the_top_and_count_for_r5_but_not_r1():
+    # Every caption twice, as when a data set lists the same sentence for a video two times: each video's two
+    # identical captions score the same, so the best one sits at tie-averaged rank 0.5 even when it is on top.
+    rng = np.random.default_rng(0)
+    videos = 6
+    sims = rng.random((videos, videos)).astype(np.float32)
+    sims[np.arange(videos), np.arange(videos)] += 1  # every video's own caption is the best
+    doubled = np.repeat(sims, 2, axis=0)
+    owner = np.repeat(np.arange(videos), 2)
+    v2t = v2t_ranks(doubled, owner)
+    assert v2t.tolist() == [0.5] * videos
+    m = retrieval_metrics(doubled, owner)
+    assert m["v2t"]["R@1"] == 0.0 and m["v2t"]["R@5"] == 100.0  # the original: 0.0, not 100
+    assert {k: m["v2t"][k] for k in _original_recalls(v2t)} == _original_recalls(_reference(doubled, owner)[1])
+    assert m["v2t"]["MedR"] == 1.5 and m["v2t"]["MeanR"] == 1.5  # tie averaging kept
+    assert m["t2v"]["R@1"] == 100.0  # text->video: optimistic ties, untouched
+    # A tie-averaged 4.5 is an R@5 hit, as in the original.
+    assert ranks_to_metrics(np.array([4.5]))["R@5"] == 100.0
+
+
 def _reference(sims, owner):
     """Literal loops over sorted rows, the way the original phrases it (positions of equal scores)."""
     t2v = []

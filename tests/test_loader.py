@@ -21,6 +21,7 @@ from mcq_ds.config import TextConfig
 from mcq_ds.data.batch import IMAGENET_MEAN, IMAGENET_STD, Batch
 from mcq_ds.data.loader import LoaderConfig, ShardLoader
 from mcq_ds.data.sampling import draw, sample_seed
+from mcq_ds.data.transforms import render_clip
 from mcq_ds.model import load_tokenizer
 from mcq_shards.convert import Options, convert
 from mcq_shards.frames import segment_frames
@@ -335,3 +336,30 @@ def test_index_offsets_match_the_tar_headers_with_long_names(tmp_path):
     index.write_text(index_text(path))
     assert read_index(str(index), str(path)) == scan_tar(str(path))[0]
     assert [e.key for e in scan_tar(str(path))[0]] == ["short", "x" * 120, "y" * 95, "z" * 600, "end"]
+
+
+def test_time_sampling_and_the_original_resize(converted, tokenizer):
+    """`mcq-ds train`'s defaults: frames at the original's sampled instants (the clip's clock in its json), and the
+    plain bilinear resize of the original's tensor transforms."""
+    from mcq_shards.frames import ClipClock, time_frames
+
+    stored = _stored(converted)
+    loader = _loader(converted, tokenizer, workers=0, batch_size=6, frame_sampling="time", antialias=False)
+    batch = next(iter(loader))
+    videos = 0
+    for key, video, frames in zip(batch.keys, batch.video, batch.extra["frames"].tolist()):
+        meta, members = stored[key]
+        clock = ClipClock.from_meta(meta)
+        draws = draw(7, 0, key, _stored_count(meta), 4, meta["height"], meta["width"], True, clock=clock)
+        if clock is not None:
+            videos += 1
+            chosen = time_frames(clock, 4, random.Random(sample_seed(7, 0, key)))
+            assert frames == chosen + [chosen[-1]] * (4 - len(chosen)), key
+        offsets = np.frombuffer(members["offsets"], "<i4") if "offsets" in members else None
+        jpegs = {i: (members["jpgs"][offsets[i]:offsets[i + 1]] if offsets is not None else members["jpg"])
+                 for i in set(frames)}
+        plain = render_clip(jpegs, frames, draws.crop, draws.flip, 32, meta["height"], meta["width"], antialias=False)
+        assert (_pixels(video) - plain.float()).abs().max() <= 0.01, key
+    assert videos
+    with pytest.raises(ValueError, match="frame_sampling"):
+        LoaderConfig(shards=converted, source="csv", tokenizer=tokenizer, frame_sampling="grid")

@@ -66,3 +66,35 @@ def test_stored_frame_count_and_times():
     assert stored_frame_count(1.0, 2.0, 8, 32, 25) == 8  # short clip: at least min_frames
     assert stored_frame_count(1.0, 2.0, 8, 32, 5) == 5  # never more than the clip has
     assert stored_frame_times(0.0, 4.0, 4) == [0.5, 1.5, 2.5, 3.5]
+
+
+def test_time_rule_samples_the_originals_instants_from_the_stored_grid():
+    """The original read a 10 s, 25 fps clip with OpenCV: in each of 4 segments of its 250 frames a uniform index in
+    [lo, hi - 2], then frame index - 1. The time rule draws exactly those instants and takes the nearest of the 20
+    stored frames, so every stored frame of a segment can be shown (the stored-index rule never shows a segment's
+    last one) and the sampled times stay within a quarter of the 0.5 s grid step of the original's, on average."""
+    from mcq_shards.bench_frames import segment_times, stored_grid, wasserstein
+    from mcq_shards.frames import ClipClock, original_times, time_frames
+
+    grid = stored_grid(10.0, 25.0, 2.0, 8, 32)
+    clock = ClipClock(grid, 10.0, 25.0)
+    rng = random.Random(0)
+    picks = [time_frames(clock, 4, rng) for _ in range(4000)]
+    assert {f for p in picks for f in p} == set(range(20))
+    # an instant at the start of a segment may be nearest to the previous segment's last stored frame
+    assert all(5 * k - 1 <= p[k] <= 5 * k + 4 for p in picks for k in range(4))
+    times = original_times(clock, 4, random.Random(1))
+    assert all(0 <= t < 10 for t in times) and times == sorted(times)
+    for original, stored_rule, time_rule, start, end in segment_times(10.0, 25.0, 4, grid):
+        assert wasserstein(time_rule, original) <= 0.5 / 4 + 0.01
+        assert wasserstein(stored_rule, original) > 1.5 * wasserstein(time_rule, original)
+    assert ClipClock.from_meta({"media": "image", "width": 4, "height": 4}) is None
+
+
+def test_time_rule_on_a_short_grid_and_one_frame():
+    from mcq_shards.frames import ClipClock, time_frames
+
+    clock = ClipClock([0.0, 0.04], 0.08, 25.0)  # two source frames, both stored
+    assert time_frames(clock, 4, random.Random(0)) == [0, 0]  # min(frames, source frames) picks, like the original
+    one = ClipClock([0.25 * k for k in range(8)], 2.0, 25.0)
+    assert len(time_frames(one, 1, random.Random(0))) == 1

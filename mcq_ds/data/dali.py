@@ -269,7 +269,7 @@ def build_pipeline(config: LoaderConfig, files: list[ShardInfo], epoch: int, ran
                                           axis_names="WH", normalized_anchor=False, normalized_shape=False)
                   for e in encoded]
         video = fn.stack(*frames, axis_name="F")
-        video = fn.resize(video, size=[cfg.img_size, cfg.img_size], antialias=True)
+        video = fn.resize(video, size=[cfg.img_size, cfg.img_size], antialias=cfg.antialias)
         video = fn.crop_mirror_normalize(video, mirror=rest["flip"], dtype=types.FLOAT, output_layout="FCHW",
                                          mean=[255 * m for m in mean], std=[255 * s for s in std])
         return (video, *(rest[name] for name in HostStep.OUTPUTS[2:]))

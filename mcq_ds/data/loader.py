@@ -74,6 +74,9 @@ class LoaderConfig:
     A reader (a worker, or the DALI host step) stops with `TooManySkips` when more than `max_skip_share` of the
     samples it has read were unusable, once it has read `skip_check_after` of them (about two WebVid shards) or its
     whole share of an epoch, if that is smaller (`mcq_shards.reader.skip_check_after`).
+    `frame_sampling` "time" takes training frames at the original's sampled instants (`sampling.draw` with the clip's
+    clock), "stored" by its index rule over the stored frames; `antialias` is the training resize's (the original
+    resized without). `mcq-ds train` sets both to the original's; these defaults keep the behaviour of older runs.
     """
 
     shards: str | os.PathLike | Sequence[str | os.PathLike]
@@ -93,6 +96,8 @@ class LoaderConfig:
     normalisation: str = "imagenet"
     hflip: bool = True
     shuffle_block: int = 256
+    frame_sampling: str = "stored"
+    antialias: bool = True
     prefetch_factor: int = 2
     pin_memory: bool | None = None  # default: when CUDA is available
     max_skip_share: float = 0.5
@@ -110,6 +115,8 @@ class LoaderConfig:
             raise ValueError(f"unknown normalisation {self.normalisation!r}; choose one of {sorted(NORMALISATION)}")
         if not 0 < self.max_skip_share <= 1:
             raise ValueError(f"max_skip_share must be in (0, 1], got {self.max_skip_share}")
+        if self.frame_sampling not in ("time", "stored"):
+            raise ValueError(f"frame_sampling must be 'time' or 'stored', got {self.frame_sampling!r}")
 
 
 # --- worker side -----------------------------------------------------------------------------------------------
@@ -277,7 +284,7 @@ class ShardStream(IterableDataset):
         meta = item.meta
         try:
             video = render_clip(item.jpegs, item.plan, item.draws.crop, item.draws.flip, self.cfg.img_size,
-                                meta["height"], meta["width"])
+                                meta["height"], meta["width"], self.cfg.antialias)
         except Exception as err:  # libjpeg's errors for truncated or garbled frames, size mismatches
             return Skip(shard, item.key, Reason.BAD_FRAME,
                         f"undecodable: {type(err).__name__}: {err}")

@@ -128,13 +128,14 @@ def span_question(caption: str, phrase: Phrase, count_pieces: Callable[[str], in
     """Mask only the phrase's character span: each of its words becomes one ``[MASK]`` per word
     piece; everything outside the span, punctuation included, is kept.
 
-    The span must cover the phrase text (compared case-insensitively, since phrase extractors such
-    as TextBlob lower-case); a mismatch means the shard converter stored a wrong span, and masking
-    the wrong words would silently teach nonsense, so it raises ``ValueError``.
+    The span must cover the phrase text (compared case-insensitively and without white space, since
+    phrase extractors such as TextBlob lower-case and split "woman's" into "woman 's"); a mismatch
+    means the shard converter stored a wrong span, and masking the wrong words would silently teach
+    nonsense, so it raises ``ValueError``.
     """
     start, end = phrase["start"], phrase["end"]
     covered = caption[start:end]
-    if covered.casefold() != phrase["text"].casefold():
+    if "".join(covered.split()).casefold() != "".join(phrase["text"].split()).casefold():
         raise ValueError(f"phrase {phrase!r} does not match caption span {covered!r} of {caption!r}")
     masks = " ".join(_masks(count_pieces(word)) for word in covered.split())
     return caption[:start] + masks + caption[end:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mcq_shards.frames import ClipClock
 from mcq_shards.reader import Reason, SampleError, StoredSample, check_jpeg
 
 from .questions import QuestionAnswer, QuestionBuilder
@@ -37,8 +38,9 @@ def prepare(sample: StoredSample, cfg: LoaderConfig, epoch: int, questions: Ques
     Without questions (fine-tuning: no BridgeFormer), a sample that stores several captions (a benchmark's training
     video) is paired with one of them drawn anew every epoch, as the original's `caption_sample: rand`; with
     questions it keeps `caption`, the text its stored noun and verb spans belong to."""
+    clock = ClipClock.from_meta(sample.meta) if cfg.frame_sampling == "time" else None
     draws = draw(cfg.seed, epoch, sample.key, sample.num_stored, cfg.num_frames, sample.height, sample.width,
-                 train=True, hflip=cfg.hflip)
+                 train=True, hflip=cfg.hflip, clock=clock)
     jpegs = {i: check_jpeg(sample, i) for i in sorted(set(draws.frames))}
     meta = sample.meta
     caption, qa = meta["caption"], None

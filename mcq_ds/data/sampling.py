@@ -12,7 +12,7 @@ import math
 import random
 from typing import NamedTuple
 
-from mcq_shards.frames import segment_frames
+from mcq_shards.frames import ClipClock, segment_frames, time_frames
 
 # RandomResizedCrop(scale=(0.5, 1.0)) with torchvision's default aspect ratios, the original's training crop.
 CROP_SCALE = (0.5, 1.0)
@@ -70,16 +70,18 @@ class SampleDraws(NamedTuple):
 
 
 def draw(seed: int, epoch: int, key: str, num_stored: int, num_frames: int, height: int, width: int,
-         train: bool, hflip: bool = True) -> SampleDraws:
+         train: bool, hflip: bool = True, clock: ClipClock | None = None) -> SampleDraws:
     """The decisions for one sample. Training: one random frame per segment, a random resized crop and a coin
     flip; evaluation: segment midpoints and the centre crop, no flip. Same arguments, same draws. `hflip=False`
     turns the flip off (captions that say "left" or "right", like the demo data's, become wrong when flipped); the
-    coin is still drawn so the question builder sees the same stream either way."""
+    coin is still drawn so the question builder sees the same stream either way. With a video's `clock`, training
+    frames are the original's sampled instants taken from the nearest stored frames (`mcq_shards.frames.time_frames`);
+    without, the original's index rule over the stored frames (`segment_frames`)."""
     rng = random.Random(sample_seed(seed, epoch, key))
     if not train:
         return SampleDraws(segment_frames(num_stored, num_frames, "uniform"), center_crop_box(height, width), False,
                            rng)
-    frames = segment_frames(num_stored, num_frames, "rand", rng)
+    frames = time_frames(clock, num_frames, rng) if clock else segment_frames(num_stored, num_frames, "rand", rng)
     crop = random_resized_crop_box(rng, height, width)
     flip = rng.random() < 0.5
     return SampleDraws(frames, crop, flip and hflip, rng)

@@ -52,12 +52,14 @@ def decode_jpeg(data: bytes | bytearray) -> torch.Tensor:
 
 
 def render_clip(jpegs: Mapping[int, bytes], plan: Sequence[int], crop: CropBox, flip: bool, size: int,
-                height: int, width: int) -> torch.Tensor:
+                height: int, width: int, antialias: bool = True) -> torch.Tensor:
     """The output frames of one clip, (len(plan), 3, size, size) uint8.
 
     `jpegs` maps each stored-frame index in `plan` to its JPEG; `plan` gives the stored frame of each output
     frame (`pad_frames`); `crop` is in stored pixels, and every frame must be `width` × `height` (as the sample's
-    json says: the crop was drawn for that size). Each distinct frame is decoded and resized once.
+    json says: the crop was drawn for that size). Each distinct frame is decoded and resized once. `antialias=False`
+    resizes as the original's torchvision 0.8.2 tensor transforms did (plain bilinear, which aliases when it
+    shrinks).
     """
     distinct = sorted(set(plan))
     crops = []
@@ -69,7 +71,7 @@ def render_clip(jpegs: Mapping[int, bytes], plan: Sequence[int], crop: CropBox, 
         crops.append(frame[crop.top:crop.top + crop.height, crop.left:crop.left + crop.width])
     # (n, h, w, 3) permuted to (n, 3, h, w) is channels-last: interpolate's fast uint8 antialias path.
     stack = torch.stack(crops).permute(0, 3, 1, 2)
-    resized = F.interpolate(stack, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    resized = F.interpolate(stack, size=(size, size), mode="bilinear", antialias=antialias, align_corners=False)
     if flip:
         resized = resized.flip(-1)
     if len(distinct) == len(plan) and distinct == list(plan):

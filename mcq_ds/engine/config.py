@@ -55,6 +55,9 @@ class TrainConfig:
                               "(every occurrence of the phrase's words, whole words only)", ("span", "parity"))
     global_batch: int | None = _opt(None, "samples per optimizer step over all ranks (default: the stage's)")
     micro_batch: int | None = _opt(None, "samples per rank per forward (default: global batch / ranks)")
+    negatives: str = _opt("global", "global: with gradient accumulation too, every sample of the global batch is a "
+                          "negative for every other (embeddings cached, each micro-batch's forward run twice) | micro: "
+                          "negatives from one micro-batch of every rank (one forward)", ("global", "micro"))
     lr: float | None = _opt(None, "base learning rate (default: the stage's)")
     epochs: int | None = _opt(None, "epochs, each one pass over the smallest source (default: the stage's)")
     milestones: list[int] | None = _opt(None, "epochs after which lr ×= 0.1 (default: the stage's)")
@@ -67,11 +70,22 @@ class TrainConfig:
                                 "stage's; Frozen's 10 for ft-*)")
     max_steps: int | None = _opt(None, "stop after this many optimizer steps (default: epochs × steps per epoch)")
     temperature: float | None = _opt(None, "contrastive temperature τ (default: the stage's, 0.05; CLIP stages 0.01)")
+    adam_eps: float | None = _opt(None, "AdamW ε for the exact global-batch gradient (default: 1e-6 × the GPUs of the "
+                                  "original stage, 32 or 40, so updates are the paper's at any world size; demo stages "
+                                  "1e-6). The original's update on W GPUs is --adam-eps 1e-6×W")
+    adam_eps_style: str = _opt("transformers", "transformers: ε added before Adam's bias correction, as the "
+                               "original's transformers.AdamW | torch: ε added after it (torch/DeepSpeed AdamW as is)",
+                               ("transformers", "torch"))
     ds_config: str | None = _opt(None, "DeepSpeed JSON (a path, or a name in mcq_ds/ds_configs/; default: "
                                  "cpu_fp32.json on CPU, zero1_bf16.json on GPU)")
     grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on with a GPU)")
     compile: bool = _opt(False, "torch.compile every transformer block")
     hflip: bool = _opt(True, "random horizontal flip in training (off for captions that say left/right)")
+    frame_sampling: str = _opt("time", "time: training frames at the instants the original sampled (uniform in each "
+                               "segment of the clip's own frames), each from the nearest stored frame | stored: the "
+                               "original's index rule applied to the stored frames", ("time", "stored"))
+    train_resize: str = _opt("original", "original: bilinear without antialiasing, as the original's torchvision 0.8.2 "
+                             "tensor transforms | antialias: antialiased bilinear", ("original", "antialias"))
     loader: str = _opt("torch", "torch: the reference loader's worker processes; dali: NVIDIA DALI (GPU decoding "
                        "when there is a GPU)", ("torch", "dali"))
     workers: int = _opt(4, "data-loading workers per rank")
@@ -98,9 +112,9 @@ class TrainConfig:
         for name, value in (("frames", stage.frames), ("question_type", stage.question_type),
                             ("global_batch", stage.global_batch), ("lr", stage.lr), ("epochs", stage.epochs),
                             ("milestones", list(stage.milestones)), ("preset", stage.preset),
-                            ("temperature", stage.temperature), ("schedule", stage.schedule),
-                            ("warmup_steps", stage.warmup_steps), ("epoch_samples", stage.epoch_samples),
-                            ("patience", stage.patience)):
+                            ("temperature", stage.temperature), ("adam_eps", 1e-6 * stage.paper_ranks),
+                            ("schedule", stage.schedule), ("warmup_steps", stage.warmup_steps),
+                            ("epoch_samples", stage.epoch_samples), ("patience", stage.patience)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if not stage.bridge and not self.init:

@@ -2,8 +2,8 @@
 
 Run it directly on one machine (`mcq-ds train ...`) or under the DeepSpeed launcher across nodes
 (`deepspeed --hostfile hosts --module mcq_ds.cli train ...`, see launch/). The loop is the whole story on one screen:
-take a batch of the step's source, embed, MCQ loss, backward, step; log; at an epoch's end evaluate (fine-tuning);
-checkpoint.
+take the step's micro-batches of its source, embed, MCQ loss, backward, step (`train_step`); log; at an epoch's end
+evaluate (fine-tuning); checkpoint.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..loss import MCQLoss
+from ..data.batch import Batch
+from ..loss import MCQLoss, MCQLossOutput
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
 from ..runtime import control_group, init_distributed, next_on_every_rank, pick_device, write_text_atomic
 from ..tracking import Tracker
@@ -26,8 +27,8 @@ from . import checkpoints
 from .config import (ADJUSTABLE_KEYS, DS_CONFIGS, TrainConfig, config_changes, describe_changes, resolve,
                      resume_on_purpose)
 from .finetune import EpochEvaluation, consolidated_state, write_finetuned
+from .schedule import adam_eps, step_decay, warmup_cosine
 from .stages import STAGES
-from .schedule import step_decay, warmup_cosine
 
 log = logging.getLogger("mcq_ds.train")
 
@@ -72,8 +73,23 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
               train_batch_size=cfg.global_batch)
     if "optimizer" in ds:
-        ds["optimizer"].setdefault("params", {})["lr"] = cfg.lr
+        ds["optimizer"].setdefault("params", {}).update(lr=cfg.lr, eps=cfg.adam_eps)
     return ds
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, ds: dict) -> torch.optim.Optimizer | None:
+    """The original's AdamW (betas 0.9/0.999, no weight decay) when the DeepSpeed JSON names no optimizer of its own.
+    ε is the run's `adam_eps`; `set_adam_eps` adjusts it before every step."""
+    if "optimizer" in ds:
+        return None
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps, weight_decay=0.0)
+
+
+def set_adam_eps(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
+    """Sets ε for optimizer step `step` (1-based) on every param group (see `schedule.adam_eps`); returns it."""
+    for group in optimizer.param_groups:
+        group["eps"] = adam_eps(cfg.adam_eps, step, group["betas"][1], cfg.adam_eps_style)
+    return group["eps"]
 
 
 def steps_per_epoch(cfg: TrainConfig, epoch_steps: dict[str, int]) -> int:
@@ -93,6 +109,58 @@ def steps_plan(cfg: TrainConfig, epoch_steps: dict[str, int]) -> tuple[int, list
     per_epoch = steps_per_epoch(cfg, epoch_steps)
     total = cfg.max_steps or cfg.epochs * per_epoch
     return total, [m * per_epoch for m in cfg.milestones]
+
+
+def train_step(engine, loss_fn: MCQLoss, batches: list[Batch], global_negatives: bool = True) -> MCQLossOutput:
+    """One optimizer step over this rank's micro-batches `batches`; returns the loss terms (this rank's share, no
+    graph: their mean over ranks is the step's loss).
+
+    One micro-batch (the paper's setting), or `global_negatives=False`: forward, loss over the micro-batches of all
+    ranks, backward, for each. With accumulation and `global_negatives`, every sample of the global batch is a
+    negative for every other, as if the whole batch were one forward (GradCache, open_clip's --accum-freq): embed
+    every micro-batch without a graph, compute the loss over all of them and its gradient with respect to the
+    embeddings, then redo each micro-batch's forward with a graph and back-propagate those gradients. The torch
+    RNG is rewound before each second forward, so dropout draws the same masks and the gradients are exact.
+    """
+    if len(batches) == 1 or not global_negatives:
+        terms = []
+        for batch in batches:
+            out = loss_fn(*engine(batch.video, batch.text, batch.question, batch.answer))
+            engine.backward(out.loss)
+            engine.step()
+            terms.append(torch.stack(out).detach())
+        return MCQLossOutput(*torch.stack(terms).mean(0))
+    states, cached = [], []
+    with torch.no_grad():
+        for batch in batches:
+            states.append(_dropout_rng())
+            cached.append(engine(batch.video, batch.text, batch.question, batch.answer))
+    # text, video, then answer, bridge: the last two are None when fine-tuning (no BridgeFormer)
+    leaves = [torch.cat(parts).float().requires_grad_() for parts in zip(*cached) if parts[0] is not None]
+    out = loss_fn(*leaves)
+    out.loss.backward()  # d(sum over ranks of their shares)/d(this rank's embeddings): the gather sums across ranks
+    sizes = [len(batch) for batch in batches]
+    grads = [leaf.grad.split(sizes) for leaf in leaves]
+    for k, (batch, state) in enumerate(zip(batches, states)):
+        _set_dropout_rng(state)
+        embeddings = engine(batch.video, batch.text, batch.question, batch.answer)
+        surrogate = sum((e.float() * g[k]).sum() for e, g in zip(embeddings, grads))
+        # the embedding gradients already make the whole step's ∇ (× ranks, which the data-parallel mean removes):
+        # no division by the accumulation steps
+        engine.backward(surrogate, scale_wrt_gas=False)
+        engine.step()
+    return MCQLossOutput(*(t.detach() for t in out))
+
+
+def _dropout_rng() -> tuple:
+    """The generators dropout draws from: torch's CPU one and, with a GPU, the current device's."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
+def _set_dropout_rng(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
 
 
 def make_loader(kind: str, loader_cfg):
@@ -181,7 +249,8 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
         batch_size=ds["train_micro_batch_size_per_gpu"], workers=cfg.workers, seed=cfg.seed, rank=rank,
         world_size=world, tokenizer=tokenizer, question_type=cfg.question_type, question_mode=cfg.question_mode,
         max_text_length=model.cfg.text.max_length, questions=cfg.bridge,
-        normalisation=model.cfg.normalisation, hflip=cfg.hflip, max_skip_share=cfg.max_skip_share))
+        normalisation=model.cfg.normalisation, hflip=cfg.hflip, max_skip_share=cfg.max_skip_share,
+        frame_sampling=cfg.frame_sampling, antialias=cfg.train_resize == "antialias"))
         for source in cfg.sources}
     accumulation = ds["gradient_accumulation_steps"]
     epoch_steps = {s: loaders[s].batches_per_epoch // accumulation for s in cfg.sources}
@@ -190,11 +259,8 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     benchmark = STAGES[cfg.stage].benchmark
     evaluation = EpochEvaluation(cfg.eval_data, benchmark, cfg.frames, cfg.patience) if cfg.eval_data else None
     factor = step_decay(milestones) if cfg.schedule == "step" else warmup_cosine(cfg.warmup_steps, total_steps)
-    optimizer = None
-    if "optimizer" not in ds:  # the original's AdamW: eps 1e-6, no weight decay
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=ds,
+        model=model, optimizer=build_optimizer(cfg, model, ds), config=ds,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout: reproducible, and different on every rank
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
@@ -249,21 +315,20 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     counters = {"skipped": 0, "no_phrase": 0}
     while step < total_steps and not (evaluation is not None and evaluation.should_stop()):
         source = cfg.sources[step % len(cfg.sources)]
+        window["eps"] = set_adam_eps(engine.optimizer, cfg, step + 1)
+        batches = []
         for _ in range(accumulation):
             t0 = time.perf_counter()
-            batch = next_on_every_rank(iterators[source], control).to(engine.device, dtype)
+            batches.append(next_on_every_rank(iterators[source], control).to(engine.device, dtype))
             window["data"] += time.perf_counter() - t0
-            counters["skipped"] += batch.skipped
-            counters["no_phrase"] += sum(k == "none" for k in batch.kinds) if cfg.bridge else 0
-            loss = loss_fn(*engine(batch.video, batch.text, batch.question, batch.answer))
-            engine.backward(loss.loss)
-            engine.step()
-            totals += torch.stack([loss.loss, loss.loss_vt, loss.loss_mcq]).detach().double()
-            window["samples"] += len(batch)
+            counters["skipped"] += batches[-1].skipped
+            counters["no_phrase"] += sum(k == "none" for k in batches[-1].kinds) if cfg.bridge else 0
+            window["samples"] += len(batches[-1])
+        totals += torch.stack(train_step(engine, loss_fn, batches, cfg.negatives == "global")).double()
         step += 1
         window["steps"] += 1
         if step % cfg.log_every == 0 or step == total_steps:
-            _log_window(engine, tracker, step, totals, window, counters, accumulation, cfg.bridge)
+            _log_window(engine, tracker, step, totals, window, counters, cfg.bridge)
         evaluated = evaluation is not None and (step % per_epoch == 0 or step == total_steps)
         if evaluated:  # an epoch's end: its score, then its checkpoint (which carries the scores)
             evaluation.evaluate(engine, tokenizer, -(-step // per_epoch), step, tracker)
@@ -287,7 +352,7 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     return export
 
 
-def _log_window(engine, tracker, step, totals, window, counters, accumulation, mcq: bool = True) -> None:
+def _log_window(engine, tracker, step, totals, window, counters, mcq: bool = True) -> None:
     """Global-batch means of the loss terms over the window (no MCQ term when fine-tuning), throughput, the data-wait
     share and counters."""
     world = dist.get_world_size()
@@ -295,10 +360,10 @@ def _log_window(engine, tracker, step, totals, window, counters, accumulation, m
     stats = torch.cat([totals, torch.tensor([window["data"], window["samples"], counters["skipped"],
                                              counters["no_phrase"]], dtype=torch.float64, device=totals.device)])
     dist.all_reduce(stats)  # on the engine's device: NCCL reduces GPU tensors only
-    micro_steps = window["steps"] * accumulation * world
+    shares = window["steps"] * world  # one loss share per rank and step
     metrics = {
-        "loss": stats[0].item() / micro_steps, "loss_vt": stats[1].item() / micro_steps,
-        "loss_mcq": stats[2].item() / micro_steps, "lr": engine.get_lr()[0],
+        "loss": stats[0].item() / shares, "loss_vt": stats[1].item() / shares, "loss_mcq": stats[2].item() / shares,
+        "lr": engine.get_lr()[0], "adam_eps": window["eps"],
         "samples_per_second": stats[4].item() / elapsed,
         "samples_per_second_per_gpu": stats[4].item() / elapsed / world,
         "data_wait_share": stats[3].item() / world / elapsed, "skipped_samples": stats[5].item(),

@@ -7,6 +7,9 @@ i's video. Ranks are 0-based internally and reported 1-based (MedR, MeanR), R@K 
   optimistically (the original finds the first sorted position equal to the ground-truth score).
 * video→text: a caption's rank among all captions is averaged over its ties (first tied position + (ties − 1)/2),
   and a video's rank is the best (minimum) over its own captions, VSE style.
+* R@1 counts only rank 0 and R@K (K ≥ 5) counts rank < K, as the original's `cols2metrics` does (`cols == 0`,
+  `cols < K`). The two differ only for tie-averaged video→text ranks: a video whose caption ties one other caption
+  at the top has rank 0.5, which is no R@1 hit, while a rank of 4.5 is an R@5 hit.
 
 The original assumes every video has the same number of captions, laid out in consecutive blocks; `query_video`
 gives the same numbers for that layout and also handles any other (videos with 19 captions, shuffled queries)
@@ -71,11 +74,12 @@ def v2t_ranks(sims: np.ndarray, query_video: np.ndarray) -> np.ndarray:
 
 
 def ranks_to_metrics(ranks: np.ndarray) -> dict[str, float]:
-    """R@1/5/10/50 in percent, MedR and MeanR 1-based, and the geometric mean of R@1, R@5, R@10."""
+    """R@1/5/10/50 in percent (R@1: rank 0 only, see the module docstring), MedR and MeanR 1-based, and the
+    geometric mean of R@1, R@5, R@10."""
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
         raise ValueError("no queries to score")
-    out = {f"R@{k}": 100.0 * float(np.mean(ranks < k)) for k in RECALL_AT}
+    out = {f"R@{k}": 100.0 * float(np.mean(ranks == 0 if k == 1 else ranks < k)) for k in RECALL_AT}
     out["MedR"] = float(np.median(ranks)) + 1
     out["MeanR"] = float(np.mean(ranks)) + 1
     head = [out["R@1"], out["R@5"], out["R@10"]]

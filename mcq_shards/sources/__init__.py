@@ -40,6 +40,7 @@ class Row:
     where: str  # "file:line" (or "shard.tar:member"), for rejects
     extra: dict = field(default_factory=dict)  # source-specific JSON fields (a benchmark's split, captions)
     reject: str | None = None
+    phrases: dict | None = None  # nouns and verbs as caption spans, when a --phrases-file gave them
 
 
 def make_key(source: str, raw_id: str) -> str:
