@@ -32,7 +32,9 @@ COMMANDS = {
 }
 # benchmarks: `mcq-ds bench NAME ...`, each module's own `main(argv)`
 BENCHMARKS = {
-    "model": ("mcq_ds.bench.model", "forward+backward speed and peak memory of one training step"),
+    "model": ("mcq_ds.bench.model", "forward+backward speed, MFU and peak memory of one training step"),
+    "batch": ("mcq_ds.bench.batch", "host-side cost of a batch's video on its way to the GPU, float32 vs uint8"),
+    "optimizer": ("mcq_ds.bench.optimizer", "an offloaded AdamW step on the CPU: PyTorch's fused vs DeepSpeed's"),
     "train": ("mcq_ds.bench.train", "training throughput of a stage on real shards (loader + engine)"),
     "loader": ("mcq_ds.bench.loader", "throughput of the reference loader"),
     "dali": ("mcq_ds.bench.dali", "throughput of the DALI pipeline against the reference loader"),

@@ -5,14 +5,20 @@ One helper per idea, used by training, evaluation and the loaders alike:
 * `distributed_position`: (rank, world size) without joining anything (the loaders' split);
 * `init_distributed`: join the process group a launcher (`deepspeed`, `torchrun`) describes in the environment;
 * `next_on_every_rank`: the next batch, or the same error on every rank;
-* `pick_device`: the device a command runs on;
+* `local_device` / `pick_device`: the device of this rank, chosen once, before anything touches CUDA;
 * `atomic_write` / `write_text_atomic`: write beside the target and rename over it.
+
+A launcher (`deepspeed`, `torchrun`, SLURM) starts one process per GPU and tells each its place on the machine in
+`LOCAL_RANK`. Nothing else sets the CUDA device for us: `deepspeed.init_distributed` does not, and a loader, a DALI
+pipeline or a tensor made on "cuda" before `torch.cuda.set_device` lands on GPU 0 (with 8 ranks: eight CUDA
+contexts and eight DALI pools on one GPU, and copies between GPUs for the other seven). So every command calls
+`pick_device()` first and hands the device it returns to everything it builds.
 """
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +103,33 @@ def next_on_every_rank(iterator: Iterator, group: dist.ProcessGroup | None = Non
     return item
 
 
+def local_device(environ: Mapping[str, str] | None = None, cuda_devices: int | None = None) -> torch.device:
+    """This rank's device: GPU `LOCAL_RANK` when there are GPUs, the only GPU when the launcher gave each process
+    one (`CUDA_VISIBLE_DEVICES` per task, as SLURM's `--gpus-per-task=1` does), else the CPU.
+
+    `environ` and `cuda_devices` default to the process's environment and `torch.cuda.device_count()`.
+    """
+    environ = os.environ if environ is None else environ
+    cuda_devices = torch.cuda.device_count() if cuda_devices is None else cuda_devices
+    if cuda_devices == 0:
+        return torch.device("cpu")
+    local_rank = int(environ.get("LOCAL_RANK", 0))
+    if cuda_devices == 1:
+        return torch.device("cuda", 0)
+    if not 0 <= local_rank < cuda_devices:
+        raise RuntimeError(f"LOCAL_RANK={local_rank} but this process sees {cuda_devices} GPUs: start at most "
+                           f"{cuda_devices} ranks per machine (e.g. `deepspeed --num_gpus {cuda_devices}`), or give "
+                           "each rank its own GPU through CUDA_VISIBLE_DEVICES")
+    return torch.device("cuda", local_rank)
+
+
 def pick_device(device: str | None = None) -> torch.device:
-    """`device` if given, else this rank's GPU (LOCAL_RANK) when there is one, else the CPU."""
-    if device:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    """`device` if given, else `local_device()`; a GPU chosen is made this process's current CUDA device (call it
+    before any CUDA context exists)."""
+    chosen = torch.device(device) if device else local_device()
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    return chosen
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:

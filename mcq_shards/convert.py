@@ -275,7 +275,8 @@ class _ShardJob:
 def _write_manifest(out: Path, plan: dict, num_shards: int) -> dict:
     records = [json.loads(_record_path(out, plan["prefix"], j).read_text(encoding="utf-8"))
                for j in range(num_shards)]
-    rejects = [r for record in records for r in record["rejects"]]
+    # shards hold rows in a shuffled order; the rejects list is for people, so it follows the input's order
+    rejects = sorted((r for record in records for r in record["rejects"]), key=lambda r: r["row"])
     shards = [{k: rec[k] for k in ("path", "index", "samples", "bytes", "sha256", "rows")}
               for rec in records if rec["samples"]]
     total = sum(s["samples"] for s in shards)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mcq_ds.engine import checkpoints
+from mcq_ds.engine import checkpoints, optim
 from mcq_ds.engine.config import DS_CONFIGS, add_arguments, resolve
 from mcq_ds.engine.schedule import step_decay, warmup_cosine
 from mcq_ds.engine.stages import STAGES
@@ -65,14 +65,25 @@ def test_deepspeed_json_gets_the_run_dependent_values():
     ds = deepspeed_config(cfg, world_size=20)
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == \
         (20, 2, 800)
-    # ε: 1e-6 × the 40 GPUs of the original stage (its first value; the engine sets it before every step)
-    assert ds["optimizer"]["params"] == {"betas": [0.9, 0.999], "eps": pytest.approx(40e-6), "weight_decay": 0.0,
-                                         "lr": 3e-5}
     assert ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] == 2
+    assert "optimizer" not in ds  # the engine hands DeepSpeed PyTorch's fused AdamW: nothing to compile
     with pytest.raises(ValueError, match="--micro-batch"):
         deepspeed_config(parse("--stage", "4f-noun", "--data", "webvid=/s", "--micro-batch", "30"), world_size=8)
     for path in DS_CONFIGS.glob("*.json"):
-        json.loads(path.read_text())  # every shipped config is valid JSON
+        assert "optimizer" not in json.loads(path.read_text()), path.name  # valid JSON, no DeepSpeed-built optimizer
+
+
+def test_deepspeed_optimizer_is_an_explicit_choice_with_the_same_settings(tmp_path):
+    cfg = parse("--stage", "4f-noun", "--data", "webvid=/s", "--ds-config", "zero2_bf16.json", "--optimizer",
+                "deepspeed")
+    assert deepspeed_config(cfg, world_size=40)["optimizer"] == {
+        "type": "AdamW", "params": {"betas": [0.9, 0.999], "eps": pytest.approx(40e-6), "weight_decay": 0.0,
+                                 "lr": 3e-5}}
+    with pytest.raises(SystemExit):
+        parse("--data", "webvid=/s", "--data", "cc3m=/c", "--optimizer", "fused")
+    (tmp_path / "c.json").write_text(json.dumps({"optimizer": "apex"}))
+    with pytest.raises(ValueError, match="optimizer must be one of torch, deepspeed"):
+        parse("--data", "webvid=/s", "--data", "cc3m=/c", "--config", str(tmp_path / "c.json"))
 
 
 def test_resume_takes_the_newest_complete_checkpoint(tmp_path):

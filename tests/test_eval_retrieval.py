@@ -80,8 +80,7 @@ def test_one_and_two_ranks_give_the_same_numbers(demo, tmp_path):
     common = [demo / "model", demo / "msrvtt_test", "--workers", 0, "--batch-size", 2, "--mlflow-uri", "none",
               "--quiet"]
     retrieval.run(parse(*common, "--out", tmp_path / "one.json", "--save-embeddings", tmp_path / "one"))
-    env = {**os.environ, "GPUS": "2", "MASTER_PORT": str(free_port()),
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    env = {**os.environ, "GPUS": "2", "MASTER_PORT": str(free_port()), "MCQ_PYTHON": sys.executable,
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     subprocess.run(["bash", ROOT / "launch" / "eval.sh", *map(str, common), "--out", tmp_path / "two.json",
                     "--save-embeddings", tmp_path / "two"], env=env, cwd=ROOT, check=True)

@@ -134,9 +134,12 @@ def test_batch_contract(converted, tokenizer):
     loader = _loader(converted, tokenizer)
     batch = next(iter(loader))
     assert isinstance(batch, Batch) and len(batch) == 2 and batch.source == "csv" and batch.skipped == 0
-    assert batch.video.shape == (2, 4, 3, 32, 32) and batch.video.dtype == torch.float32
-    assert batch.video.is_contiguous()
-    pixels = batch.video * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    assert batch.video.shape == (2, 4, 3, 32, 32) and batch.video.dtype == torch.uint8  # normalised on the device
+    assert batch.normalisation == "imagenet"
+    normalised = batch.to("cpu").video
+    assert normalised.dtype == torch.float32 and normalised.is_contiguous() and batch.to("cpu").normalisation is None
+    pixels = normalised * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    assert torch.allclose(pixels * 255, batch.video.float(), atol=1e-3)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5 and pixels.std() > 0.05
     for tokens in (batch.text, batch.question, batch.answer):
         assert tokens.ids.dtype == torch.long and tokens.ids.shape == tokens.mask.shape and tokens.ids.shape[0] == 2
@@ -183,9 +186,9 @@ def _reference_frames(members: dict[str, bytes], meta: dict, frames: list[int], 
 
 
 def _pixels(video: torch.Tensor) -> torch.Tensor:
-    """Normalised frames back to 0..255 levels."""
-    std, mean = torch.tensor(IMAGENET_STD).view(3, 1, 1), torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    return (video * std + mean) * 255
+    """A batch's frames as 0..255 levels (the loaders hand over uint8 pixels)."""
+    assert video.dtype == torch.uint8
+    return video.float()
 
 
 def test_pixels_match_an_independent_pil_reference(converted, tokenizer):

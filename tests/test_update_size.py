@@ -40,7 +40,8 @@ def gradient() -> torch.Tensor:
 def engine_steps(rank: int, port: int, ds_name: str, style: str, out: str) -> None:
     import deepspeed
 
-    from mcq_ds.engine.train import build_optimizer, deepspeed_config, set_adam_eps
+    from mcq_ds.engine import optim
+    from mcq_ds.engine.train import deepspeed_config
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group("gloo", rank=0, world_size=1, timeout=timedelta(seconds=60))
@@ -52,9 +53,10 @@ def engine_steps(rank: int, port: int, ds_name: str, style: str, out: str) -> No
         torch.nn.init.normal_(model.weight, generator=torch.Generator().manual_seed(0))
         start = model.weight.detach().clone()
         ds = deepspeed_config(cfg, 1)
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(cfg, model, ds), config=ds)
+        optimizer = None if "optimizer" in ds else optim.torch_adamw(model.parameters(), cfg.lr, cfg.adam_eps)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
         for step in range(1, STEPS + 1):
-            set_adam_eps(engine.optimizer, cfg, step)
+            optim.set_adam_eps(engine.optimizer, cfg.adam_eps, cfg.adam_eps_style, step)
             loss = (engine.module.weight[0] * gradient()).sum()
             engine.backward(loss)
             engine.step()

@@ -1,41 +1,84 @@
-"""Forward + backward speed and peak memory of one MCQ training step (model only, synthetic inputs).
+"""Forward + backward speed, model FLOPs utilisation and peak memory of one MCQ training step (model only, synthetic
+inputs), in the configuration training runs:
 
-    python -m mcq_ds.bench.model --preset base --frames 4 --batch 8 --dtype bf16 --checkpointing
+    python -m mcq_ds.bench.model --preset base --frames 4 --batch 20 --dtype bf16
 
-Prints samples/s, the FLOPs of the step as PyTorch counts them, achieved TFLOP/s, MFU against --peak-tflops, and
-peak memory: on GPU the allocator's peak, on CPU the growth of the process's peak resident memory over what the
+`--dtype bf16` is what the bf16 DeepSpeed configs train: bf16 weights and inputs (DeepSpeed casts the model; there is
+no autocast), the fp32 master copy living in the optimizer. `--dtype fp32` runs fp32 weights; on a GPU its matmuls
+use TF32 unless `--no-tf32`.
+
+MFU = model FLOPs of the step / step time / the card's dense peak for the math the matmuls run in. Model FLOPs are
+forward + backward without recompute, counted once on the meta device (`model.probe.train_flops`): under
+`--checkpointing` the GPU also recomputes every block's forward, which is work the hardware does, not work the model
+needs. The peak comes from the table below, by `torch.cuda.get_device_name()` and the SM count (an H100 PCIe has
+114 SMs, an SXM 132), for bf16 tensor cores, TF32 tensor cores or plain FP32; `--peak-tflops` overrides it.
+
+Peak memory: on GPU the allocator's peak, on CPU the growth of the process's peak resident memory over what the
 model and its inputs took before the first step (run one configuration per process for that reason).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import time
+from typing import NamedTuple
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from ..model.presets import PRESETS, preset
-from ..model import MCQ, Tokens
-
-# Dense bf16 tensor-core peaks from NVIDIA's data sheets (no sparsity).
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-# Typical lengths in tokens of WebVid/CC3M captions: caption and question ~24, answer ~8.
-CAPTION_TOKENS, ANSWER_TOKENS = 24, 8
+from ..model import create_model
+from ..model.presets import CLIP_PRESETS, PRESETS, preset
+from ..model.probe import example_inputs, train_flops
 
 
-def synthetic_batch(cfg, batch: int, frames: int, device: torch.device, dtype: torch.dtype):
-    size = cfg.video.img_size
-    video = torch.randn(batch, frames, 3, size, size, device=device, dtype=dtype)
+class Peak(NamedTuple):
+    """Dense tensor-core peaks in TFLOP/s (NVIDIA's datasheets quote bf16 and TF32 with 2:4 sparsity, twice these)."""
 
-    def tokens(length: int) -> Tokens:
-        ids = torch.randint(1000, 30000, (batch, length), device=device)
-        ids[:, 0], ids[:, -1] = 101, 102
-        return Tokens(ids, torch.ones_like(ids))
+    card: str
+    bf16: float
+    tf32: float
+    fp32: float
 
-    return video, tokens(CAPTION_TOKENS), tokens(CAPTION_TOKENS), tokens(ANSWER_TOKENS)
+
+# First match on the device name wins (GH200 before H200, L40S before L4).
+PEAKS = (
+    (r"GH200", Peak("GH200", 989.4, 494.7, 66.9)),
+    (r"H200 NVL", Peak("H200 NVL", 835.5, 417.5, 60.0)),
+    (r"H200", Peak("H200 SXM", 989.4, 494.7, 66.9)),
+    (r"H100 NVL", Peak("H100 NVL", 835.5, 417.5, 60.0)),
+    (r"H100 PCIe", Peak("H100 PCIe", 756.5, 378.0, 51.2)),
+    (r"H100", Peak("H100 SXM", 989.4, 494.7, 66.9)),
+    (r"A100", Peak("A100", 312.0, 156.0, 19.5)),  # SXM4 and PCIe, 40 and 80 GB: the same peaks
+    (r"L40S", Peak("L40S", 362.05, 183.0, 91.6)),
+    (r"\bL4\b", Peak("L4", 121.0, 60.0, 30.3)),
+    (r"\bA40\b", Peak("A40", 149.7, 74.8, 37.4)),
+    (r"\bA10\b", Peak("A10", 125.0, 62.5, 31.2)),
+)
+H100_PCIE_SMS = 114
+
+
+def card_peak(name: str, sm_count: int | None = None) -> Peak | None:
+    """The peaks of the card `torch.cuda.get_device_name()` calls `name` (None for a card not in the table). An H100
+    whose name does not say PCIe but has a PCIe card's 114 SMs is one."""
+    for pattern, peak in PEAKS:
+        if re.search(pattern, name):
+            if peak.card == "H100 SXM" and sm_count == H100_PCIE_SMS:
+                return next(p for pat, p in PEAKS if p.card == "H100 PCIe")
+            return peak
+    return None
+
+
+def matmul_math(dtype: torch.dtype, tf32: bool) -> str:
+    """The math the step's matrix products run in: bf16 weights → bf16 tensor cores; fp32 → TF32 when allowed."""
+    if dtype == torch.bfloat16:
+        return "bf16"
+    return "tf32" if tf32 else "fp32"
+
+
+def mfu(flops: float, seconds: float, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: the model's FLOPs per second over the device's peak FLOPs per second."""
+    return flops / seconds / (peak_tflops * 1e12)
 
 
 def peak_rss_bytes() -> int:
@@ -45,17 +88,21 @@ def peak_rss_bytes() -> int:
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high" if args.tf32 else "highest")
     torch.manual_seed(0)
     cfg = preset(args.preset)
     cfg.video.num_frames = max(cfg.video.num_frames, args.frames)
     cfg.grad_checkpointing = args.checkpointing
-    model = MCQ(cfg).to(device).train()
-    inputs = synthetic_batch(cfg, args.batch, args.frames, device, dtype)
+    model = create_model(cfg).to(device, dtype).train()
+    model.set_grad_checkpointing(args.checkpointing)
+    inputs = example_inputs(cfg, args.batch, args.frames, device, dtype)
+    flops = train_flops(model, inputs, dtype)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            out = model(*inputs)
-        sum(e.float().pow(2).mean() for e in out).backward()
+        out = model(*inputs)
+        sum(e.float().pow(2).mean() for e in out if e is not None).backward()
         model.zero_grad(set_to_none=False)
 
     rss_before = peak_rss_bytes()  # the model and inputs; the steps' growth over it is the step's memory
@@ -73,36 +120,39 @@ def run(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-        name = torch.cuda.get_device_name()
+        memory = torch.cuda.max_memory_allocated()
+        name = torch.cuda.get_device_name(device)
+        peak = card_peak(name, torch.cuda.get_device_properties(device).multi_processor_count)
     else:
-        peak = peak_rss_bytes() - rss_before
-        name = "cpu"
-    with FlopCounterMode(display=False) as counter:  # last: the counting mode holds on to memory of its own
-        step()
-    flops = counter.get_total_flops()
-    peak_tflops = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    achieved = flops / seconds / 1e12
+        memory, name, peak = peak_rss_bytes() - rss_before, "cpu", None
+    math = matmul_math(dtype, args.tf32 and device.type == "cuda")
+    peak_tflops = args.peak_tflops or (getattr(peak, math) if peak else None)
     return {
-        "device": name, "preset": args.preset, "frames": args.frames, "batch": args.batch, "dtype": args.dtype,
-        "checkpointing": args.checkpointing, "samples_per_s": round(args.batch / seconds, 2),
-        "step_s": round(seconds, 4), "gflop_per_sample": round(flops / args.batch / 1e9, 1),
-        "achieved_tflops": round(achieved, 3), "mfu": round(achieved / peak_tflops, 3) if peak_tflops else None,
-        "peak_memory_gib": round(peak / 2 ** 30, 3),
+        "device": name, "card": peak.card if peak else None, "preset": args.preset, "frames": args.frames,
+        "batch": args.batch, "dtype": args.dtype, "matmul_math": math, "checkpointing": args.checkpointing,
+        "samples_per_s": round(args.batch / seconds, 2), "step_s": round(seconds, 4),
+        "model_gflop_per_sample": round(flops / args.batch / 1e9, 1),
+        "achieved_tflops": round(flops / seconds / 1e12, 3), "peak_tflops": peak_tflops,
+        "mfu": round(mfu(flops, seconds, peak_tflops), 3) if peak_tflops else None,
+        "peak_memory_gib": round(memory / 2 ** 30, 3),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=PRESETS, default="tiny")
-    parser.add_argument("--frames", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast")
+    parser.add_argument("--preset", choices=PRESETS + CLIP_PRESETS, default="tiny", help="default %(default)s")
+    parser.add_argument("--frames", type=int, default=4, help="default %(default)s")
+    parser.add_argument("--batch", type=int, default=8, help="samples per step (default %(default)s)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16",
+                        help="weight and input dtype, as the DeepSpeed config trains (default %(default)s)")
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                        help="let fp32 matmuls use TF32 tensor cores on a GPU (default on)")
     parser.add_argument("--checkpointing", action="store_true", help="per-block activation checkpointing")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default %(default)s)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known for H100/H200/A100)")
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: from the card table "
+                        "for the matmul math; none on CPU)")
     print(json.dumps(run(parser.parse_args(argv))))
 
 

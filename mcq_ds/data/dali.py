@@ -15,8 +15,8 @@ frames stay on the GPU; ``"cpu"``: ``device_id=None``, which is what CI runs). P
    answers (padded to the batch's
    longest, so DALI's iterator gets dense tensors). Its cost is measured by ``mcq_ds/bench/dali.py``.
 3. ``fn.decoders.image_slice`` decodes only the crop window of each chosen frame, ``fn.stack`` makes the clip,
-   ``fn.resize`` brings it to ``img_size`` and ``fn.crop_mirror_normalize`` flips and normalises it on the
-   decoder's device into ``(F, 3, H, W)``.
+   ``fn.resize`` brings it to ``img_size`` and ``fn.crop_mirror_normalize`` flips it on the decoder's device into
+   ``(F, 3, H, W)`` uint8; the engine normalises on its device (``Batch.to``), as for the reference loader.
 
 A sample that fails the host step's checks is decoded as a placeholder, dropped after the pipeline and
 counted in ``Batch.skipped``; the batch is filled from the next samples, so every batch has ``batch_size``
@@ -64,7 +64,7 @@ from mcq_shards.reader import (Reason, SampleError, ShardInfo, Skip, SkipLog, To
 from mcq_shards.tario import split_name
 
 from ..runtime import distributed_position
-from .batch import NORMALISATION, Batch, Tokens
+from .batch import Batch, Tokens
 from .loader import LoaderConfig
 from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts
 from .sample import prepare
@@ -250,7 +250,6 @@ def build_pipeline(config: LoaderConfig, files: list[ShardInfo], epoch: int, ran
     from nvidia.dali import fn, pipeline_def, types
 
     cfg = config
-    mean, std = NORMALISATION[cfg.normalisation]
     files = epoch_shards(files, cfg.seed, epoch)
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers), device_id=device_id,
@@ -270,8 +269,7 @@ def build_pipeline(config: LoaderConfig, files: list[ShardInfo], epoch: int, ran
                   for e in encoded]
         video = fn.stack(*frames, axis_name="F")
         video = fn.resize(video, size=[cfg.img_size, cfg.img_size], antialias=cfg.antialias)
-        video = fn.crop_mirror_normalize(video, mirror=rest["flip"], dtype=types.FLOAT, output_layout="FCHW",
-                                         mean=[255 * m for m in mean], std=[255 * s for s in std])
+        video = fn.crop_mirror_normalize(video, mirror=rest["flip"], dtype=types.UINT8, output_layout="FCHW")
         return (video, *(rest[name] for name in HostStep.OUTPUTS[2:]))
 
     return pipeline(checkpoint=checkpoint)
@@ -475,4 +473,4 @@ class DaliLoader:
             video=data["video"], text=tokens("text"), question=tokens("question") if self.config.questions else None,
             answer=tokens("answer") if self.config.questions else None,
             keys=strings(data["keys"]), kinds=[KINDS[k] for k in data["kinds"].tolist()], source=self.config.source,
-            skipped=skipped, extra=extra)
+            skipped=skipped, extra=extra, normalisation=self.config.normalisation)

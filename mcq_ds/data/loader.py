@@ -6,7 +6,7 @@ instead of an exception:
 
     read (tar samples at planned positions, `mcq_shards.reader`) → prepare (`sample.prepare`: json, `sampling.draw`,
     the chosen JPEG frames, the question) → shuffle within blocks → render (decode, crop, resize, flip, pad) → batch
-    (+ tokenise, normalise)
+    (uint8 pixels + tokenise)
 
 A worker whose stream is mostly unreadable stops with `TooManySkips` naming the shard
 (`LoaderConfig.max_skip_share`).
@@ -52,7 +52,7 @@ from .batch import NORMALISATION, Batch, Tokens
 from .questions import QuestionAnswer, QuestionBuilder, tokenize_texts
 from .sample import Prepared, prepare
 from .sampling import sample_seed
-from .transforms import normalise, render_clip
+from .transforms import render_clip
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -295,7 +295,13 @@ class ShardStream(IterableDataset):
     def _collate(self, samples: list[_Sample], skipped: int) -> dict:
         cfg = self.cfg
         captions = [s.caption for s in samples]
-        video = normalise([s.video for s in samples], cfg.normalisation)
+        # uint8 pixels, normalised on the training device (`Batch.to`). Stored channels-last, the layout the resize
+        # leaves the clips in, so filling the batch is a plain copy; the device makes it contiguous as it normalises.
+        frames, channels, height, width = samples[0].video.shape
+        pixels = torch.empty((len(samples), frames, height, width, channels), dtype=torch.uint8)
+        for row, sample in zip(pixels, samples):
+            row.copy_(sample.video.permute(0, 2, 3, 1))
+        video = pixels.permute(0, 1, 4, 2, 3)
         tokens = tokenize_texts(cfg.tokenizer, captions, [s.qa.question if s.qa else "" for s in samples],
                                 [s.qa.answer if s.qa else "" for s in samples], cfg.max_text_length)
         text, question, answer = (Tokens(tokens[k]["input_ids"], tokens[k]["attention_mask"])
@@ -305,7 +311,7 @@ class ShardStream(IterableDataset):
         extra: dict[str, Any] = {"frames": torch.tensor([s.plan for s in samples], dtype=torch.long)}
         return dict(video=video, text=text, question=question, answer=answer, keys=[s.key for s in samples],
                     kinds=[s.qa.kind if s.qa else "none" for s in samples], source=cfg.source, skipped=skipped,
-                    extra=extra)
+                    extra=extra, normalisation=cfg.normalisation)
 
 
 def _shuffle_blocks(items: Iterable, size: int, rng_for: Callable[[int], random.Random], first: int) -> Iterator:

@@ -77,9 +77,14 @@ class TrainConfig:
                                "original's transformers.AdamW | torch: ε added after it (torch/DeepSpeed AdamW as is)",
                                ("transformers", "torch"))
     ds_config: str | None = _opt(None, "DeepSpeed JSON (a path, or a name in mcq_ds/ds_configs/; default: "
-                                 "cpu_fp32.json on CPU, zero1_bf16.json on GPU)")
-    grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on with a GPU)")
-    compile: bool = _opt(False, "torch.compile every transformer block")
+                                 "cpu_fp32.json on CPU, zero2_bf16.json on GPU)")
+    optimizer: str = _opt("torch", "AdamW implementation when the DeepSpeed JSON has no optimizer section: torch "
+                          "(PyTorch's fused AdamW, nothing to compile) | deepspeed (DeepSpeed's FusedAdam, or CPU Adam "
+                          "with offload: compiled at start-up unless prebuilt, see README)",
+                          choices=("torch", "deepspeed"))
+    grad_checkpointing: bool | None = _opt(None, "per-block activation checkpointing (default: on only when the "
+                                           "step's estimated memory does not fit the GPU's free memory; off on CPU)")
+    compile: bool = _opt(False, "torch.compile every transformer block (under ZeRO-3: DeepSpeed's engine.compile())")
     hflip: bool = _opt(True, "random horizontal flip in training (off for captions that say left/right)")
     frame_sampling: str = _opt("time", "time: training frames at the instants the original sampled (uniform in each "
                                "segment of the clip's own frames), each from the nearest stored frame | stored: the "

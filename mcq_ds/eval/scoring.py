@@ -19,7 +19,7 @@ from tqdm import tqdm
 from mcq_shards.reader import Skip
 
 from .data import ClipSpec
-from .embed import embed_batch
+from .embed import DEFAULT_PRECISION, embed_batch
 from .metrics import cosine_similarity, retrieval_metrics
 from .reader import CollateEval, ShardClips, eval_samples, rank_share
 
@@ -42,7 +42,7 @@ class SetScores:
 
 
 def score_shards(model, tokenizer, shards: str, device: torch.device, spec: ClipSpec, *, all_captions: bool = False,
-                 batch_size: int = 16, workers: int = 4, precision: str = "fp32", skip_corrupt: bool = False,
+                 batch_size: int = 16, workers: int = 4, precision: str = DEFAULT_PRECISION, skip_corrupt: bool = False,
                  progress: bool = True) -> SetScores | None:
     """Evaluate `model` (eval mode, on `device`) on `shards`. Every rank calls it; rank 0 gets the scores, the other
     ranks None."""

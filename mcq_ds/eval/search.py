@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..runtime import pick_device
-from .embed import PRECISIONS
+from .embed import DEFAULT_PRECISION, PRECISIONS
 from .extract import read_ids
 
 
@@ -124,7 +124,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default %(default)s: 64 MiB of 256-d rows, at most 256 MiB of scores per 1,024 queries)")
     parser.add_argument("--faiss", metavar="FACTORY", help="use a FAISS index of this factory string "
                         "('Flat', 'IVF4096,Flat', 'HNSW32', ...), built once and cached beside the embeddings")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="for the query encoder")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=DEFAULT_PRECISION,
+                        help="for the query encoder (default %(default)s; see `mcq-ds eval --help`)")
     parser.add_argument("--tokenizer", help="tokenizer for an original .pth checkpoint")
     parser.add_argument("--device", help="torch device (default: this rank's GPU, LOCAL_RANK, when there is one, "
                         "else the CPU)")

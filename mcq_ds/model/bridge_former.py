@@ -55,6 +55,12 @@ class BridgeFormer(nn.Module):
         for layer, block in enumerate(self.blocks):
             question = question_states[layer * text_layers // depth]
             patches = video_block_inputs[layer][:, 1:]
+            # The question's length changes from batch to batch: declared dynamic up front, block-wise
+            # `torch.compile` makes one graph for the first block and one for the others, instead of recompiling when
+            # the length first changes (a no-op without compile; inside a whole-model compile, dynamo's own business).
+            if not torch.compiler.is_compiling():
+                for t in (question, mask) if stream is None else (question, mask, stream):
+                    torch._dynamo.maybe_mark_dynamic(t, 1)
             stream = maybe_checkpoint(self.grad_checkpointing and self.training,
                                       block, stream, patches, question, mask, frames)
         return self.norm(stream)[:, 0]

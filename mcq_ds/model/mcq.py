@@ -67,10 +67,12 @@ class ThreeFormer(nn.Module):
         if not hasattr(self, "bridge_model"):
             raise ValueError("this model was built without its BridgeFormer (bridge=false); it cannot answer questions")
         b, q_len = text.ids.shape[0], question.ids.shape[1]
-        ids, mask = _pad_cat([text, answer, question])
+        ids, mask = _pad_cat([question, text, answer])
         pooled, hidden = self._text_pass(ids, mask, True)
-        text_emb, answer_emb = pooled[: 2 * b].split(b)
-        question_states = self._question_states(tuple(h[2 * b:, :q_len] for h in hidden), question.mask)
+        text_emb, answer_emb = pooled[b:].split(b)
+        # The question's rows come first and are made contiguous: the bridge then gets states at storage offset 0
+        # with the same strides whatever the batch's longest text, and `torch.compile` no new graph for each.
+        question_states = self._question_states(tuple(h[:b, :q_len].contiguous() for h in hidden), question.mask)
         video_emb, block_inputs = self._video_pass(video, True)
         bridge = self.bridge_model(block_inputs, question_states, question.mask, frames=video.shape[1])
         return Embeddings(text_emb, video_emb, answer_emb, self.bridge_proj(bridge))

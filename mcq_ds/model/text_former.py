@@ -35,7 +35,12 @@ class TextFormer(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, hidden_states: bool = False
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Returns the last hidden state (B, L, D) and, if asked, all T + 1 hidden states (index 0: embeddings)."""
-        out = self.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=hidden_states)
+        # The padding mask goes in as the additive (B, 1, 1, L) bias the attention adds. Given the 2-D mask,
+        # transformers first asks whether any token is padding (`mask.all()` in Python), which makes the host wait
+        # for the GPU at every step; a 4-D mask is used as it is.
+        dtype = self.encoder.embeddings.word_embeddings.weight.dtype
+        bias = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        out = self.encoder(input_ids=ids, attention_mask=bias, output_hidden_states=hidden_states)
         return out.last_hidden_state, out.hidden_states
 
 
