@@ -114,7 +114,7 @@ def comparison_table(results: dict[str, dict], family: str, tuned_on: str | None
     lines = [f"Text→video retrieval, ours beside {FAMILIES[family]} in the paper (ZS: zero-shot; FT: fine-tuned on "
              "the set's training split). Δ = ours − paper.", "",
              "| set | setting | videos | queries | R@1 | R@5 | R@10 | MedR | MeanR | paper R@1 / R@5 / R@10 / MedR "
-             "| Δ R@1 / R@5 / R@10 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(/ MeanR where published) | Δ R@1 / R@5 / R@10 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for name, res in results.items():
         ours = res["metrics"]["t2v"]
@@ -139,7 +139,8 @@ def comparison_table(results: dict[str, dict], family: str, tuned_on: str | None
         if paper is None:
             cells += ["— (not in the paper)", "—"]
         else:
-            cells += [f"{paper.r1:.1f} / {paper.r5:.1f} / {paper.r10:.1f} / {paper.medr:g}",
+            cells += [f"{paper.r1:.1f} / {paper.r5:.1f} / {paper.r10:.1f} / {paper.medr:g}"
+                      + (f" / {paper.meanr:.1f}" if paper.meanr is not None else ""),
                       " / ".join(f"{ours[k] - v:+.1f}" for k, v in (("R@1", paper.r1), ("R@5", paper.r5),
                                                                       ("R@10", paper.r10)))]
         lines.append("| " + " | ".join(cells) + " |")
