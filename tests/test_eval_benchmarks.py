@@ -101,6 +101,9 @@ def test_table_settings_and_families():
     msvd = next(line for line in table.splitlines() if line.startswith("| MSVD"))
     assert "fine-tuned on msrvtt" in msvd and "not in the paper" in msvd and "†" not in table
     assert setting("lsmdc", None) == "zs" and ("mcq-clip", "didemo", "zs") not in PAPER
+    didemo = comparison_table({"didemo": fake(20, 30.0)}, "mcq", tuned_on=None)
+    assert "| 20 † |" in didemo and "where the papers evaluate about 1,000" in didemo
+    assert "†" not in comparison_table({"didemo": fake(1003, 30.0)}, "mcq", tuned_on=None)
     clip = comparison_table({"lsmdc": fake(1000, 20.0)}, "mcq-clip", tuned_on=None)
     assert "15.5 / 30.7 / 38.7 / 22 / 97.9" in clip  # CLIP-initialised MCQ's MeanR is published
     assert family_of(create_model(preset("clip-tiny"))) == "mcq-clip"
