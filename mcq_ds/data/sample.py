@@ -40,7 +40,7 @@ def prepare(sample: StoredSample, cfg: LoaderConfig, epoch: int, questions: Ques
     questions it keeps `caption`, the text its stored noun and verb spans belong to."""
     clock = ClipClock.from_meta(sample.meta) if cfg.frame_sampling == "time" else None
     draws = draw(cfg.seed, epoch, sample.key, sample.num_stored, cfg.num_frames, sample.height, sample.width,
-                 train=True, hflip=cfg.hflip, clock=clock)
+                 hflip=cfg.hflip, clock=clock)
     jpegs = {i: check_jpeg(sample, i) for i in sorted(set(draws.frames))}
     meta = sample.meta
     caption, qa = meta["caption"], None
