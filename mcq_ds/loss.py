@@ -130,6 +130,8 @@ class MCQLoss(nn.Module):
 
     Rows of the MCQ term are answers and columns bridge outputs, so every other sample's answer in
     the global batch is a wrong choice. Embeddings may be bf16; the loss is computed in fp32.
+    Without answer and bridge (fine-tuning, the BridgeFormer dropped) it is L(text, video) alone,
+    and ``loss_mcq`` is zero.
     """
 
     def __init__(
@@ -140,8 +142,14 @@ class MCQLoss(nn.Module):
         self.group = group
 
     def forward(
-        self, text: torch.Tensor, video: torch.Tensor, answer: torch.Tensor, bridge: torch.Tensor
+        self,
+        text: torch.Tensor,
+        video: torch.Tensor,
+        answer: torch.Tensor | None = None,
+        bridge: torch.Tensor | None = None,
     ) -> MCQLossOutput:
         loss_vt = distributed_info_nce(text, video, self.temperature, self.group)
+        if answer is None and bridge is None:
+            return MCQLossOutput(loss_vt, loss_vt, torch.zeros_like(loss_vt))
         loss_mcq = distributed_info_nce(answer, bridge, self.temperature, self.group)
         return MCQLossOutput(loss_vt + loss_mcq, loss_vt, loss_mcq)

@@ -70,6 +70,7 @@ class Options:
     shuffle_seed: int | None = None  # None: keep the input order
     phrases: str = "textblob"  # noun phrases: "textblob" (the original's) or "spacy" (noun chunks)
     phrases_file: str | None = None  # a user's phrases per sample instead of any parser
+    max_seconds: float | None = None  # keep only each video's first seconds (DiDeMo: the annotated 30 s)
 
     def __post_init__(self):
         if self.shard_size < 1 or self.image_size < 1 or not 1 <= self.jpeg_quality <= 100:
@@ -78,6 +79,8 @@ class Options:
             raise ValueError("fps must be positive and 1 <= min frames <= max frames")
         if self.phrases not in SOURCES:
             raise ValueError(f"phrases must be one of {', '.join(SOURCES)}, got {self.phrases!r}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError("max seconds must be positive")
 
 
 def convert(rows: Iterable[Row], out: Path, source: str, options: Options, workers: int | None = None,
@@ -397,7 +400,7 @@ def sample_members(row: Row, phrases: dict, options: Options) -> dict[str, bytes
         meta.update(width=image.width, height=image.height)
     else:
         clip = normalize_video(media, options.image_size, options.fps, options.min_frames, options.max_frames,
-                               options.jpeg_quality)
+                               options.jpeg_quality, options.max_seconds)
         members = {"jpgs": clip.jpgs, "offsets": clip.offsets}
         meta.update(clip.meta)
     members["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
