@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_cpu_mode_writes_its_report(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "launch/gpu_check.sh"), "--cpu", str(tmp_path / "report")],
-                          capture_output=True, text=True, timeout=600,
+                          capture_output=True, text=True, timeout=900,
                           env={**os.environ, "MCQ_PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     report = json.loads((tmp_path / "report/gpu_check.json").read_text())

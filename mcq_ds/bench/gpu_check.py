@@ -46,14 +46,14 @@ def steps(work: Path, gpu: bool) -> list[tuple[str, list[str], int]]:
         extract = ["--model", "base", "--videos", "64", "--seconds", "10", "--workers", "4"]
     else:
         model = ["--preset", "tiny", "--frames", "4", "--batch", "2", "--steps", "1", "--warmup", "0"]
-        train = ["--preset", "tiny", "--frames", "1", "--global-batch", "8", "--max-steps", "2", "--workers", "1"]
+        train = ["--preset", "tiny", "--frames", "1", "--global-batch", "8", "--max-steps", "1", "--workers", "1"]
         dali = extract = None
     train_cmd = [*PY, "mcq_ds.cli", "train", "--stage", "demo-4f-noun", "--data", f"webvid={demo}/shards",
                  "--out", str(work / "train"), "--log-every", "1", "--save-every", "1000000", "--mlflow-uri", "none",
                  "--no-hflip", "--loader", "dali" if gpu else "torch", *train]
     found = [
         ("render demo data", [*PY, "mcq_shards.cli", "synth", str(demo / "raw"), "--train-videos",
-                              "160" if gpu else "16", "--images", "8", "--test-videos", "4",
+                              "160" if gpu else "8", "--images", "8", "--test-videos", "4",
                               "--msrvtt-train-videos", "2", "--workers", "4" if gpu else "1", "--overwrite"], 300),
         ("convert demo data", [*PY, "mcq_shards.cli", "webvid", str(demo / "raw/webvid/results_train.csv"),
                                "--videos", str(demo / "raw/webvid/videos"), "-o", str(demo / "shards"), "--quiet",
