@@ -48,7 +48,18 @@ def _conversion_options(parser: argparse.ArgumentParser, shuffle: bool | str = T
                        help="store the rows in a global shuffle with this seed, so every shard (and so every batch) "
                             f"mixes the whole input instead of neighbouring rows (default {shown})")
     order.add_argument("--no-shuffle", action="store_true", help="keep the input order")
+    parser.add_argument("--part", type=_part, metavar="I/N",
+                        help="convert only part I (from 0) of N, for N machines (a SLURM array job: --part "
+                             "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), each into its own -o; then "
+                             "`mcq-shards merge -o OUT PART_DIRS...` (default: the whole input)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _part(text: str) -> tuple[int, int]:
+    index, slash, count = text.partition("/")
+    if not (slash and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N with 0 <= I < N, e.g. 0/4")
+    return int(index), int(count)
 
 
 def _shuffle_seed(args: argparse.Namespace) -> int | None:
@@ -185,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = commands.add_parser("merge", help="join the parts of a conversion made with --part i/N into one shard set",
+                            description="Move the shards of every part (all N, each converted with --part i/N into "
+                                        "its own folder) into OUT and write its manifest: the shard set one machine "
+                                        "would have written. Parts on OUT's file system move by renaming.")
+    p.add_argument("parts", nargs="+", type=Path, metavar="PART_DIR")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the shard folder to make")
+
     p = commands.add_parser("synth", help="write a small procedural demo data set in the raw published layouts")
     synth.add_arguments(p)
     return parser
@@ -233,6 +251,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.dir}: {line}")
         print(f"{args.dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
+    if args.command == "merge":
+        from mcq_shards.parts import merge
+
+        try:
+            manifest = merge(args.out, args.parts)
+        except ConvertError as err:
+            print(f"mcq-shards merge: error: {err}", file=sys.stderr)
+            return 2
+        print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards from {len(args.parts)} parts "
+              f"-> {args.out}")
+        return 0
     test_set = args.command in BENCHMARKS and args.split == "test"
     try:
         # Benchmark sets keep captions without a noun phrase: they are evaluated and fine-tuned on without the
@@ -246,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = list(_rows(args))
         if test_set:
             _check_listed(args, len(rows))
-        manifest = convert(rows, args.out, args.command, options, args.workers, args.prefix, not args.quiet)
+        manifest = convert(rows, args.out, args.command, options, args.workers, args.prefix, not args.quiet,
+                           args.part)
     except (InputError, ConvertError, ValueError) as err:
         print(f"mcq-shards {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -255,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
               "resume afterwards", file=sys.stderr)
         return 2
     reasons = ", ".join(f"{n} {r}" for r, n in manifest["reject_reasons"].items())
+    of = f" (part {args.part[0]}/{args.part[1]}: join all with mcq-shards merge)" if args.part else ""
     print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards, {manifest['rejects']} rejected"
-          f"{f' ({reasons})' if reasons else ''} -> {args.out}")
+          f"{f' ({reasons})' if reasons else ''} -> {args.out}{of}")
     if test_set and manifest["rejects"]:
         message = (f"the {args.command} test set is incomplete: {manifest['rejects']} of its {len(rows)} videos were "
                    f"rejected (listed with reasons in {args.out / 'rejects.jsonl'})")

@@ -25,6 +25,17 @@ COMMAND_DOC = ("Runs one curriculum stage (1f-noun, 4f-noun, 4f-verb, their clip
 DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"  # package data: found in any install
 
 
+def default_ds_config() -> str:
+    """The DeepSpeed JSON a run gets without --ds-config: ZeRO-2 in bf16 (fp32 master weights, gradients accumulated
+    and reduced in fp32) on a GPU and on a CPU with bf16 units, where bf16 matrix products run at about twice the
+    fp32 rate; fp32 on a CPU without them, where bf16 is emulated and slower."""
+    import torch
+
+    from ..runtime import cpu_has_native_bf16
+
+    return "zero2_bf16.json" if torch.cuda.is_available() or cpu_has_native_bf16() else "cpu_fp32.json"
+
+
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     metadata = {"help": help, "choices": choices}
     if isinstance(default, dict):
@@ -77,7 +88,8 @@ class TrainConfig:
                                "original's transformers.AdamW | torch: ε added after it (torch/DeepSpeed AdamW as is)",
                                ("transformers", "torch"))
     ds_config: str | None = _opt(None, "DeepSpeed JSON (a path, or a name in mcq_ds/ds_configs/; default: "
-                                 "cpu_fp32.json on CPU, zero2_bf16.json on GPU)")
+                                 "zero2_bf16.json on a GPU or a CPU with AVX512-BF16/AMX, else "
+                                 "cpu_fp32.json)")
     optimizer: str = _opt("torch", "AdamW implementation when the DeepSpeed JSON has no optimizer section: torch "
                           "(PyTorch's fused AdamW, nothing to compile) | deepspeed (DeepSpeed's FusedAdam, or CPU Adam "
                           "with offload: compiled at start-up unless prebuilt, see README)",

@@ -25,8 +25,8 @@ from ..model import create_model, create_tokenizer, load_pretrained, save_pretra
 from ..runtime import control_group, init_distributed, next_on_every_rank, pick_device, write_text_atomic
 from ..tracking import Tracker
 from . import checkpoints, optim, report
-from .config import (ADJUSTABLE_KEYS, DS_CONFIGS, TrainConfig, config_changes, describe_changes, resolve,
-                     resume_on_purpose)
+from .config import (ADJUSTABLE_KEYS, DS_CONFIGS, TrainConfig, config_changes, default_ds_config, describe_changes,
+                     resolve, resume_on_purpose)
 from .finetune import EpochEvaluation, consolidated_state, write_finetuned
 from .memory import checkpointing_default
 from .schedule import step_decay, warmup_cosine
@@ -76,8 +76,7 @@ def compile_engine(engine) -> str:
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     """The JSON from mcq_ds/ds_configs/ as is, plus the values that depend on this run."""
-    path = Path(cfg.ds_config) if cfg.ds_config else DS_CONFIGS / (
-        "zero2_bf16.json" if torch.cuda.is_available() else "cpu_fp32.json")
+    path = Path(cfg.ds_config) if cfg.ds_config else DS_CONFIGS / default_ds_config()
     if not path.is_file() and (DS_CONFIGS / path.name).is_file():
         path = DS_CONFIGS / path.name
     ds = json.loads(path.read_text())
