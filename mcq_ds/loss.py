@@ -130,8 +130,8 @@ class MCQLoss(nn.Module):
 
     Rows of the MCQ term are answers and columns bridge outputs, so every other sample's answer in
     the global batch is a wrong choice. Embeddings may be bf16; the loss is computed in fp32.
-    With ``mcq_weight`` 0 it is the dual encoder's loss alone (the paper's baseline): answer and
-    bridge may then be None, and ``loss_mcq`` is returned as zero.
+    With ``mcq_weight`` 0 (the paper's baseline), or without answer and bridge (fine-tuning, the
+    BridgeFormer dropped), it is L(text, video) alone, and ``loss_mcq`` is zero.
     """
 
     def __init__(
@@ -155,7 +155,7 @@ class MCQLoss(nn.Module):
         bridge: torch.Tensor | None = None,
     ) -> MCQLossOutput:
         loss_vt = distributed_info_nce(text, video, self.temperature, self.group)
-        if self.mcq_weight == 0:
+        if self.mcq_weight == 0 or (answer is None and bridge is None):
             return MCQLossOutput(loss_vt, loss_vt, torch.zeros_like(loss_vt))
         loss_mcq = distributed_info_nce(answer, bridge, self.temperature, self.group)
         return MCQLossOutput(loss_vt + self.mcq_weight * loss_mcq, loss_vt, loss_mcq)

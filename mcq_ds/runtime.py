@@ -4,8 +4,10 @@ One helper per idea, used by training, evaluation and the loaders alike:
 
 * `distributed_position`: (rank, world size) without joining anything (the loaders' split);
 * `init_distributed`: join the process group a launcher (`deepspeed`, `torchrun`) describes in the environment;
+* `adopt_slurm_environment`: the same description from SLURM's variables, for processes `srun` started itself;
 * `next_on_every_rank`: the next batch, or the same error on every rank;
 * `local_device` / `pick_device`: the device of this rank, chosen once, before anything touches CUDA;
+* `cpu_has_native_bf16`: whether this CPU multiplies bf16 in hardware (then CPU training runs in bf16);
 * `atomic_write` / `write_text_atomic`: write beside the target and rename over it.
 
 A launcher (`deepspeed`, `torchrun`, SLURM) starts one process per GPU and tells each its place on the machine in
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,55 @@ def distributed_position(rank: int | None = None, world_size: int | None = None)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in a world of {world_size}")
     return rank, world_size
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """The host names of a SLURM node list in its compressed form: `node[01-04,07]` → node01 … node04, node07;
+    `a1,b[2-3]` → a1, b2, b3; several bracket groups (`rack[1-2]-n[1-2]`) expand as a product, zero padding kept."""
+    hosts, depth, start = [], 0, 0
+    for i, char in enumerate(nodelist + ","):
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            if nodelist[start:i]:
+                hosts.extend(_expand_host(nodelist[start:i]))
+            start = i + 1
+    if depth != 0:
+        raise ValueError(f"node list {nodelist!r} has unbalanced brackets")
+    return hosts
+
+
+def _expand_host(pattern: str) -> list[str]:
+    if "[" not in pattern:
+        return [pattern]
+    head, rest = pattern.split("[", 1)
+    ranges, tail = rest.split("]", 1)
+    numbers = []
+    for part in ranges.split(","):
+        low, _, high = part.partition("-")
+        width = len(low)
+        numbers += [f"{n:0{width}d}" for n in range(int(low), int(high or low) + 1)]
+    return [head + n + t for n in numbers for t in _expand_host(tail)]
+
+
+def adopt_slurm_environment(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Under `srun … mcq-ds train` (one task per GPU, no other launcher) there is no RANK/WORLD_SIZE/LOCAL_RANK/
+    MASTER_ADDR: set them from SLURM's task variables, as a launcher would, and return True. The master is the first
+    host of the step's node list, the port MASTER_PORT if set, else one derived from the job id (so two jobs sharing a
+    node do not collide). Left alone (False): a process a launcher started (RANK set; `srun torchrun …` or `srun
+    deepspeed …` included), and a shell outside a job step (no SLURM_PROCID)."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env or "SLURM_PROCID" not in env:
+        return False
+    world = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not world or not nodes:
+        raise RuntimeError("SLURM_PROCID is set but SLURM_NTASKS or SLURM_NODELIST is not: start the job with srun "
+                           "(one task per GPU), or set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT")
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], world
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env.setdefault("MASTER_ADDR", expand_nodelist(nodes)[0])
+    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+    return True
 
 
 def init_distributed(device: torch.device, always: bool = False) -> tuple[int, int]:
@@ -125,11 +176,30 @@ def local_device(environ: Mapping[str, str] | None = None, cuda_devices: int | N
 
 def pick_device(device: str | None = None) -> torch.device:
     """`device` if given, else `local_device()`; a GPU chosen is made this process's current CUDA device (call it
-    before any CUDA context exists)."""
+    before any CUDA context exists). A task `srun` started gets its launcher variables from SLURM's here."""
+    adopt_slurm_environment()  # first: LOCAL_RANK decides the GPU
     chosen = torch.device(device) if device else local_device()
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     return chosen
+
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # Linux's names for AVX512-BF16 (Zen 4, Cooper Lake on) and AMX
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16 among the `flags` of
+    /proc/cpuinfo, or `cpuinfo`'s text). With them oneDNN runs bf16 matrix products at about twice the fp32 rate;
+    without them PyTorch emulates bf16 through fp32 and a bf16 step is slower than an fp32 one. Where there is no
+    /proc/cpuinfo (not Linux), PyTorch's own CPU probe decides."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+            return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:

@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import av
 
 from mcq_shards.convert import Options, convert
+from mcq_shards.media import normalize_video
 from mcq_shards.sources import cc3m, webvid
 
 CLIPS = ["bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"]
@@ -66,6 +68,37 @@ def run(name: str, rows_fn, out: Path, workers: int) -> None:
           f"{rows / seconds / workers:.1f} {unit}/s | {per_sample / 1024:.0f} KiB |", flush=True)
 
 
+# ffmpeg doing the converter's media work: decode, keep 2 frames per second, short side 256 (never upscaled), JPEG
+# (-q:v 4 is about libjpeg quality 80); one thread, one process per clip, as a shell loop over the clips would run it
+FFMPEG_SCALE = "scale=w='if(lt(iw,ih),min(256,iw),-2)':h='if(lt(iw,ih),-2,min(256,ih))'"
+
+
+def versus_ffmpeg(clips: list[Path], work: Path) -> None:
+    """The converter's per-clip media work (`media.normalize_video`, in this process) and the ffmpeg command line
+    doing the same on the same clips, in turn, on one core each: clips/s and frames/s per core."""
+    if shutil.which("ffmpeg") is None:
+        raise SystemExit("--ffmpeg needs the ffmpeg command line (Debian/Ubuntu: apt-get install ffmpeg)")
+    ours = theirs = 0.0
+    frames = {"mcq-shards": 0, "ffmpeg": 0}
+    for k, clip in enumerate(clips):
+        start = time.perf_counter()
+        frames["mcq-shards"] += normalize_video(str(clip)).meta["num_frames"]
+        ours += time.perf_counter() - start
+        out = work / f"ffmpeg{k}"
+        out.mkdir(parents=True)
+        start = time.perf_counter()
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-i", str(clip), "-vf",
+                        f"fps=2,{FFMPEG_SCALE}", "-q:v", "4", "-threads", "1", str(out / "%04d.jpg")], check=True)
+        theirs += time.perf_counter() - start
+        frames["ffmpeg"] += len(list(out.iterdir()))
+    print("| media work, 1 core | clips | frames kept | s | clips/s | frames/s |")
+    print("|---|---|---|---|---|---|")
+    for name, seconds in (("mcq-shards (normalize_video)", ours), ("ffmpeg CLI", theirs)):
+        kept = frames["mcq-shards" if name.startswith("mcq") else "ffmpeg"]
+        print(f"| {name} | {len(clips)} | {kept} | {seconds:.1f} | {len(clips) / seconds:.2f} | "
+              f"{kept / seconds:.1f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mcq_shards.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,7 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=400, help="images to convert (default %(default)s)")
     parser.add_argument("--workers", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}),
                         help="worker counts to measure (default: 1 and all CPUs)")
+    parser.add_argument("--ffmpeg", action="store_true",
+                        help="instead: the media work per clip against the ffmpeg command line on the same clips")
     args = parser.parse_args(argv)
+    if args.ffmpeg:
+        with tempfile.TemporaryDirectory() as tmp:
+            csv = build_webvid(Path(tmp) / "webvid", args.videos)
+            versus_ffmpeg(sorted((csv.parent / "videos" / "p").glob("*.mp4"), key=lambda p: int(p.stem)), Path(tmp))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         csv, tsv = build_webvid(tmp / "webvid", args.videos), build_cc3m(tmp / "cc3m", args.images)

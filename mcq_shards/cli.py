@@ -11,10 +11,14 @@ from mcq_shards import __version__, synth
 from mcq_shards.convert import ConvertError, Options, convert
 from mcq_shards.errors import describe_os_error
 from mcq_shards.phrases import DEFAULT_MODEL, SOURCES
+from mcq_shards.sources import didemo, lsmdc, msrvtt, msvd
 from mcq_shards.tables import InputError
 
 
-def _conversion_options(parser: argparse.ArgumentParser, shuffle: bool = True) -> None:
+BY_SPLIT = "by split"  # a benchmark's default order: shuffled training splits, the test split as its files list it
+
+
+def _conversion_options(parser: argparse.ArgumentParser, shuffle: bool | str = True) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True,
                         help="output directory; rerun the same command into it to resume")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
@@ -38,13 +42,42 @@ def _conversion_options(parser: argparse.ArgumentParser, shuffle: bool = True) -
                         help="your own phrases instead: .jsonl or .csv (id or caption, nouns, verbs), or the "
                              "original's *_noun_verb.tsv (matched by caption); samples it lacks are rejected")
     order = parser.add_mutually_exclusive_group()
-    order.add_argument("--shuffle-seed", type=int, default=0 if shuffle else None,
+    shown = {True: "%(default)s", False: "off: input order",
+             BY_SPLIT: "0 for a training split, off for the test split"}[shuffle]
+    order.add_argument("--shuffle-seed", type=int, default=0 if shuffle is True else None,
                        help="store the rows in a global shuffle with this seed, so every shard (and so every batch) "
-                            "mixes the whole input instead of neighbouring rows (default "
-                            f"{'%(default)s' if shuffle else 'off: input order'})")
-    order.add_argument("--no-shuffle", dest="shuffle_seed", action="store_const", const=None,
-                       help="keep the input order")
+                            f"mixes the whole input instead of neighbouring rows (default {shown})")
+    order.add_argument("--no-shuffle", action="store_true", help="keep the input order")
+    parser.add_argument("--part", type=_part, metavar="I/N",
+                        help="convert only part I (from 0) of N, for N machines (a SLURM array job: --part "
+                             "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), each into its own -o; then "
+                             "`mcq-shards merge -o OUT PART_DIRS...` (default: the whole input)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _part(text: str) -> tuple[int, int]:
+    index, slash, count = text.partition("/")
+    if not (slash and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N with 0 <= I < N, e.g. 0/4")
+    return int(index), int(count)
+
+
+def _shuffle_seed(args: argparse.Namespace) -> int | None:
+    if args.no_shuffle:
+        return None
+    if args.shuffle_seed is None and args.command in BENCHMARKS and args.split != "test":
+        return 0  # a training split mixes every video into every shard; a test split keeps its files' order
+    return args.shuffle_seed
+
+
+def _test_set_options(parser: argparse.ArgumentParser, published: int | None) -> None:
+    size = f"the published {published:,}" if published else "none published: the split files' own count"
+    parser.add_argument("--test-size", type=int, default=published, metavar="N",
+                        help=f"videos the test split must have (default: {size}); give it for another layout, such "
+                             "as the demo data's")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="accept a test split with fewer videos than that, or with videos rejected (missing or "
+                             "undecodable): its numbers are then not comparable with published ones")
 
 
 def _outside_paths_option(parser: argparse.ArgumentParser) -> None:
@@ -83,18 +116,61 @@ def build_parser() -> argparse.ArgumentParser:
     _outside_paths_option(p)
     _conversion_options(p)
 
-    p = commands.add_parser("msrvtt", help="MSR-VTT 1k-A test pairs or 9k training videos",
-                            description="Convert MSR-VTT with the JSFusion (1k-A) split: --split test gives exactly "
-                                        "the 1,000 standard text-video pairs, --split train the 9,000 training videos.")
+    p = commands.add_parser("msrvtt", help="MSR-VTT 1k-A test pairs or the 9k / 7k training videos",
+                            description="Convert MSR-VTT: --split test gives exactly the 1,000 standard 1k-A "
+                                        "(JSFusion) text-video pairs, --split train the 9,000 JSFusion training "
+                                        "videos, --split train7k the 7,010 of the official train + val splits, "
+                                        "all captions kept.")
     p.add_argument("root", type=Path, help="MSR-VTT folder (annotation/, high-quality/structured-symlinks/, videos/all/)")
-    p.add_argument("--split", choices=["test", "train"], default="test", help="default %(default)s")
+    p.add_argument("--split", choices=list(msrvtt.SPLITS), default="test", help="default %(default)s")
     p.add_argument("--annotations", type=Path, help="MSR_VTT.json (default: found under ROOT)")
-    p.add_argument("--split-list", type=Path, help="video id list (default: found under ROOT)")
+    p.add_argument("--split-list", type=Path, help="video id list, or a CSV with a video_id column such as "
+                   "CLIP4Clip's MSRVTT_train.7k.csv (default: found under ROOT)")
     p.add_argument("--caption-index", type=Path,
                    help="jsfusion_val_caption_idx.pkl, or a CSV with video_id,caption_index (default: found under ROOT)")
     p.add_argument("--videos", type=Path, help="folder of <video_id>.mp4 (default ROOT/videos/all)")
     _outside_paths_option(p)
-    _conversion_options(p, shuffle=False)  # an evaluation set: kept in the split file's order
+    _test_set_options(p, msrvtt.TEST_SIZE)
+    _conversion_options(p, shuffle=BY_SPLIT)
+
+    p = commands.add_parser("msvd", help="MSVD: 670 test videos (every caption a query), 1,200 training videos",
+                            description="Convert MSVD from raw-captions.pkl and {train,val,test}_list.txt "
+                                        "(CLIP4Clip's / collaborative-experts' layout); every caption of a video is "
+                                        "kept, the test protocol makes each one a query.")
+    p.add_argument("root", type=Path, help="MSVD folder (raw-captions.pkl, *_list.txt, YouTubeClips/)")
+    p.add_argument("--split", choices=list(msvd.SPLITS), default="test", help="default %(default)s")
+    p.add_argument("--captions", type=Path, help="raw-captions.pkl, or a JSON {video id: [captions]} (default: "
+                   "found under ROOT)")
+    p.add_argument("--split-list", type=Path, help="video id list (default: ROOT/<split>_list.txt)")
+    p.add_argument("--videos", type=Path, help="folder holding <video id>.avi anywhere below (default ROOT)")
+    _test_set_options(p, msvd.TEST_SIZE)
+    _conversion_options(p, shuffle=BY_SPLIT)
+
+    p = commands.add_parser("lsmdc", help="LSMDC: the 1,000-clip public test, or the training / validation clips",
+                            description="Convert LSMDC from its tab-separated annotation files (LSMDC16_annos_"
+                                        "training.csv, LSMDC16_annos_val.csv, LSMDC16_challenge_1000_publictect.csv).")
+    p.add_argument("root", type=Path, help="LSMDC folder (the annotation files and the clips' movie folders)")
+    p.add_argument("--split", choices=list(lsmdc.SPLITS), default="test", help="default %(default)s")
+    p.add_argument("--annotations", type=Path, help="the split's annotation file (default: found under ROOT)")
+    p.add_argument("--videos", type=Path, help="folder holding <movie>/<clip id>.avi anywhere below (default ROOT)")
+    _test_set_options(p, lsmdc.TEST_SIZE)
+    _conversion_options(p, shuffle=BY_SPLIT)
+
+    p = commands.add_parser("didemo", help="DiDeMo: paragraph-to-video retrieval, first 30 s of each video",
+                            description="Convert DiDeMo from {train,val,test}_data.json (+ CLIP4Clip's *_list.txt "
+                                        "when present): one sample per video, its moments' descriptions joined into "
+                                        "one paragraph, the video's first --max-seconds kept.")
+    p.add_argument("root", type=Path, help="DiDeMo folder (*_data.json, optional *_list.txt, the videos)")
+    p.add_argument("--split", choices=list(didemo.SPLITS), default="test", help="default %(default)s")
+    p.add_argument("--annotations", type=Path, help="the split's *_data.json (default: found under ROOT)")
+    p.add_argument("--split-list", type=Path, help="video names to keep (default: ROOT/<split>_list.txt when there "
+                   "is one, else every video of the annotation file)")
+    p.add_argument("--videos", type=Path, help="folder holding the videos by name anywhere below (default ROOT)")
+    p.add_argument("--max-seconds", type=float, default=didemo.ANNOTATED_SECONDS,
+                   help="keep each video's first seconds, the span DiDeMo's moments were annotated on (default "
+                        "%(default)s)")
+    _test_set_options(p, didemo.TEST_SIZE)
+    _conversion_options(p, shuffle=BY_SPLIT)
 
     p = commands.add_parser("wds", help="WebDataset shards from img2dataset / video2dataset",
                             description="Re-shard WebDataset tars (media + txt/json per sample), adding phrases "
@@ -120,13 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = commands.add_parser("merge", help="join the parts of a conversion made with --part i/N into one shard set",
+                            description="Move the shards of every part (all N, each converted with --part i/N into "
+                                        "its own folder) into OUT and write its manifest: the shard set one machine "
+                                        "would have written. Parts on OUT's file system move by renaming.")
+    p.add_argument("parts", nargs="+", type=Path, metavar="PART_DIR")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the shard folder to make")
+
     p = commands.add_parser("synth", help="write a small procedural demo data set in the raw published layouts")
     synth.add_arguments(p)
     return parser
 
 
+BENCHMARKS = ("msrvtt", "msvd", "lsmdc", "didemo")
+
+
 def _rows(args: argparse.Namespace):
-    from mcq_shards.sources import cc3m, msrvtt, usercsv, wds, webvid
+    from mcq_shards.sources import cc3m, usercsv, wds, webvid
 
     if args.command == "cc3m":
         if args.wds:
@@ -139,6 +225,12 @@ def _rows(args: argparse.Namespace):
     if args.command == "msrvtt":
         return msrvtt.read(args.root, args.split, args.annotations, args.split_list, args.caption_index, args.videos,
                            args.allow_outside_paths)
+    if args.command == "msvd":
+        return msvd.read(args.root, args.split, args.captions, args.split_list, args.videos)
+    if args.command == "lsmdc":
+        return lsmdc.read(args.root, args.split, args.annotations, args.videos)
+    if args.command == "didemo":
+        return didemo.read(args.root, args.split, args.annotations, args.split_list, args.videos)
     if args.command == "wds":
         return wds.read(_patterns(args.shards), "wds")
     return usercsv.read(args.csv, args.root or args.csv.parent, args.path_column, args.caption_column,
@@ -159,14 +251,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.dir}: {line}")
         print(f"{args.dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
+    if args.command == "merge":
+        from mcq_shards.parts import merge
+
+        try:
+            manifest = merge(args.out, args.parts)
+        except ConvertError as err:
+            print(f"mcq-shards merge: error: {err}", file=sys.stderr)
+            return 2
+        print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards from {len(args.parts)} parts "
+              f"-> {args.out}")
+        return 0
+    test_set = args.command in BENCHMARKS and args.split == "test"
     try:
+        # Benchmark sets keep captions without a noun phrase: they are evaluated and fine-tuned on without the
+        # BridgeFormer, so no question is built from them, and a test set must stay whole.
         options = Options(shard_size=args.shard_size, image_size=args.image_size, jpeg_quality=args.jpeg_quality,
                           fps=args.fps, min_frames=args.min_frames, max_frames=args.max_frames,
-                          require_nouns=args.command != "msrvtt", spacy_model=args.spacy_model,
-                          shuffle_seed=args.shuffle_seed, phrases=args.phrases,
-                          phrases_file=str(args.phrases_file) if args.phrases_file else None)
-        source = "cc3m" if args.command == "cc3m" else args.command
-        manifest = convert(_rows(args), args.out, source, options, args.workers, args.prefix, not args.quiet)
+                          require_nouns=args.command not in BENCHMARKS, spacy_model=args.spacy_model,
+                          shuffle_seed=_shuffle_seed(args), phrases=args.phrases,
+                          phrases_file=str(args.phrases_file) if args.phrases_file else None,
+                          max_seconds=getattr(args, "max_seconds", None))
+        rows = list(_rows(args))
+        if test_set:
+            _check_listed(args, len(rows))
+        manifest = convert(rows, args.out, args.command, options, args.workers, args.prefix, not args.quiet,
+                           args.part)
     except (InputError, ConvertError, ValueError) as err:
         print(f"mcq-shards {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -175,9 +285,31 @@ def main(argv: list[str] | None = None) -> int:
               "resume afterwards", file=sys.stderr)
         return 2
     reasons = ", ".join(f"{n} {r}" for r, n in manifest["reject_reasons"].items())
+    of = f" (part {args.part[0]}/{args.part[1]}: join all with mcq-shards merge)" if args.part else ""
     print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards, {manifest['rejects']} rejected"
-          f"{f' ({reasons})' if reasons else ''} -> {args.out}")
+          f"{f' ({reasons})' if reasons else ''} -> {args.out}{of}")
+    if test_set and manifest["rejects"]:
+        message = (f"the {args.command} test set is incomplete: {manifest['rejects']} of its {len(rows)} videos were "
+                   f"rejected (listed with reasons in {args.out / 'rejects.jsonl'})")
+        if not args.allow_partial:
+            print(f"mcq-shards {args.command}: error: {message}; its numbers would not be comparable with published "
+                  "ones. Restore those videos and rerun this command (finished shards are kept), or pass "
+                  "--allow-partial", file=sys.stderr)
+            return 2
+        print(f"warning: {message}; --allow-partial given", file=sys.stderr)
     return 0
+
+
+def _check_listed(args: argparse.Namespace, listed: int) -> None:
+    """A test split whose files list another number of videos than the published test set is not that test set."""
+    if args.test_size is None or listed == args.test_size:
+        return
+    message = (f"the {args.command} test split lists {listed:,} videos, the test set has {args.test_size:,}")
+    if listed > args.test_size or not args.allow_partial:
+        raise InputError(args.root, None, None, f"{message}: are these the published split files? Give --test-size "
+                         f"{listed} for another layout" + ("" if listed > args.test_size else ", or --allow-partial "
+                                                            "to evaluate a partial set"))
+    print(f"warning: {message}; --allow-partial given", file=sys.stderr)
 
 
 if __name__ == "__main__":

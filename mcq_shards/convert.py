@@ -14,6 +14,9 @@ kill -9; same inputs and options, same bytes):
 * ``manifest.json`` and ``rejects.jsonl`` are rebuilt from the records at the end of every run.
 * The first run stores its plan (source, options, converter and parser versions, a fingerprint of
   the input rows); a rerun with anything different stops instead of mixing two conversions.
+* With ``part=(i, n)`` (``--part i/N``: one machine of N, e.g. a SLURM array task) every machine reads the whole
+  table and computes the same order, then writes only the ``i``-th of ``n`` contiguous runs of shards, under
+  their one-machine names; ``mcq_shards.parts.merge`` joins the parts into the one-machine shard set.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class Options:
     shuffle_seed: int | None = None  # None: keep the input order
     phrases: str = "textblob"  # noun phrases: "textblob" (the original's) or "spacy" (noun chunks)
     phrases_file: str | None = None  # a user's phrases per sample instead of any parser
+    max_seconds: float | None = None  # keep only each video's first seconds (DiDeMo: the annotated 30 s)
 
     def __post_init__(self):
         if self.shard_size < 1 or self.image_size < 1 or not 1 <= self.jpeg_quality <= 100:
@@ -75,11 +79,14 @@ class Options:
             raise ValueError("fps must be positive and 1 <= min frames <= max frames")
         if self.phrases not in SOURCES:
             raise ValueError(f"phrases must be one of {', '.join(SOURCES)}, got {self.phrases!r}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError("max seconds must be positive")
 
 
 def convert(rows: Iterable[Row], out: Path, source: str, options: Options, workers: int | None = None,
-            prefix: str | None = None, progress: bool = True) -> dict:
-    """Convert ``rows`` into shards in ``out``; returns the manifest. Safe to rerun after a crash."""
+            prefix: str | None = None, progress: bool = True, part: tuple[int, int] | None = None) -> dict:
+    """Convert ``rows`` into shards in ``out``; returns the manifest. Safe to rerun after a crash. ``part=(i, n)``:
+    only part ``i`` (from 0) of ``n``, for ``mcq_shards.parts.merge`` to join with the others."""
     rows = list(rows)  # reads the whole input table first: a malformed one stops before any work
     _check_rows(rows)
     fingerprint = _fingerprint(rows)
@@ -96,10 +103,15 @@ def convert(rows: Iterable[Row], out: Path, source: str, options: Options, worke
         "options": dataclasses.asdict(options), "phrases": phrases,
         "input": {"rows": len(rows), "fingerprint": fingerprint},
     }
+    size = options.shard_size
+    num_shards = (len(rows) + size - 1) // size
+    shard_ids = range(num_shards)
+    if part is not None:
+        shard_ids = part_shards(num_shards, *part)
+        plan["part"] = {"index": part[0], "of": part[1], "shards": [shard_ids.start, shard_ids.stop]}
     _claim(out, plan)
 
-    size = options.shard_size
-    jobs = [(j, rows[j * size:(j + 1) * size]) for j in range((len(rows) + size - 1) // size)]
+    jobs = [(j, rows[j * size:(j + 1) * size]) for j in shard_ids]
     pending = [(j, chunk) for j, chunk in jobs if not _finished(out, prefix, j)]
     if progress and len(pending) < len(jobs):
         tqdm.write(f"{len(jobs) - len(pending)} of {len(jobs)} shards already done in {out}; resuming")
@@ -118,7 +130,17 @@ def convert(rows: Iterable[Row], out: Path, source: str, options: Options, worke
             if last:
                 shard.finish()
                 shard = None
-    return _write_manifest(out, plan, len(jobs))
+    return write_manifest(out, plan, shard_ids, sum(len(chunk) for _, chunk in jobs))
+
+
+def part_shards(num_shards: int, index: int, parts: int) -> range:
+    """The shards part `index` of `parts` writes: the index-th of `parts` contiguous, near-equal runs."""
+    if not 0 <= index < parts:
+        raise ValueError(f"part {index}/{parts}: the part is counted from 0 and must be below {parts}")
+    if parts > num_shards:
+        raise ValueError(f"{parts} parts for {num_shards} shards would leave parts with nothing to do: use at most "
+                         f"{num_shards} parts, or a smaller --shard-size")
+    return range(index * num_shards // parts, (index + 1) * num_shards // parts)
 
 
 def conversion_order(keys: list[str], seed: int | None) -> list[int]:
@@ -269,16 +291,16 @@ class _ShardJob:
         write_json_atomic(_record_path(self.out, self.prefix, self.j), record)
 
 
-def _write_manifest(out: Path, plan: dict, num_shards: int) -> dict:
-    records = [json.loads(_record_path(out, plan["prefix"], j).read_text(encoding="utf-8"))
-               for j in range(num_shards)]
+def write_manifest(out: Path, plan: dict, shard_ids: range, rows: int) -> dict:
+    """``manifest.json`` and ``rejects.jsonl`` from the records of the shards ``shard_ids`` (``rows`` input rows)."""
+    records = [json.loads(_record_path(out, plan["prefix"], j).read_text(encoding="utf-8")) for j in shard_ids]
     # shards hold rows in a shuffled order; the rejects list is for people, so it follows the input's order
     rejects = sorted((r for record in records for r in record["rejects"]), key=lambda r: r["row"])
     shards = [{k: rec[k] for k in ("path", "index", "samples", "bytes", "sha256", "rows")}
               for rec in records if rec["samples"]]
     total = sum(s["samples"] for s in shards)
-    if total + len(rejects) != plan["input"]["rows"]:
-        raise ConvertError(f"internal error: {total} samples + {len(rejects)} rejects != {plan['input']['rows']} rows")
+    if total + len(rejects) != rows:
+        raise ConvertError(f"internal error: {total} samples + {len(rejects)} rejects != {rows} rows")
     manifest = {
         **plan,
         "samples": total,
@@ -378,7 +400,7 @@ def sample_members(row: Row, phrases: dict, options: Options) -> dict[str, bytes
         meta.update(width=image.width, height=image.height)
     else:
         clip = normalize_video(media, options.image_size, options.fps, options.min_frames, options.max_frames,
-                               options.jpeg_quality)
+                               options.jpeg_quality, options.max_seconds)
         members = {"jpgs": clip.jpgs, "offsets": clip.offsets}
         meta.update(clip.meta)
     members["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")

@@ -101,8 +101,9 @@ class NormalClip:
 
 
 def normalize_video(media: str | bytes, short_side: int = 256, fps: float = 2.0, min_frames: int = 8,
-                    max_frames: int = 32, quality: int = 80) -> NormalClip:
-    """Keep ``fps`` frames per second of the clip (within ``[min_frames, max_frames]``) as JPEGs.
+                    max_frames: int = 32, quality: int = 80, max_seconds: float | None = None) -> NormalClip:
+    """Keep ``fps`` frames per second of the clip (within ``[min_frames, max_frames]``) as JPEGs; with
+    ``max_seconds``, of its first ``max_seconds`` seconds only (DiDeMo's annotated span).
 
     Two passes over the file: demuxing (no decoding) finds the clip's real time span, which the
     container header may misstate (truncated or variable-frame-rate files); decoding then keeps,
@@ -114,11 +115,15 @@ def normalize_video(media: str | bytes, short_side: int = 256, fps: float = 2.0,
     source = _source(media)
     try:
         start, span, packets, declared = _time_span(av, source)
+        if max_seconds is not None:  # only the first max_seconds count, for the truncation check too
+            packets = max(1, round(packets * min(1.0, max_seconds / span)))  # about the kept span's frames
+            span, declared = min(span, max_seconds), declared and min(declared, max_seconds)
         count = stored_frame_count(span, fps, min_frames, max_frames, packets)
         targets = stored_frame_times(start, span, count)
         if isinstance(source, io.BytesIO):
             source.seek(0)
-        frames, times, decoded, size = _pick_frames(av, source, targets, short_side, quality)
+        end = start + span if max_seconds is not None else None
+        frames, times, decoded, size = _pick_frames(av, source, targets, short_side, quality, end)
     except MediaError:
         raise
     except Exception as err:  # PyAV/FFmpeg errors: corrupt, truncated or unsupported streams
@@ -171,9 +176,9 @@ def _time_span(av, source) -> tuple[float, float, int, float | None]:
     return start, end - start, len(times), declared
 
 
-def _pick_frames(av, source, targets: list[float], short_side: int,
-                 quality: int) -> tuple[list[bytes], list[float], int, tuple[int, int]]:
-    """Decode once, and JPEG the frame on screen at each target time.
+def _pick_frames(av, source, targets: list[float], short_side: int, quality: int,
+                 end: float | None = None) -> tuple[list[bytes], list[float], int, tuple[int, int]]:
+    """Decode once (up to ``end`` seconds when given), and JPEG the frame on screen at each target time.
 
     Returns the JPEGs, their times, the number of frames decoded and the stored size.
     """
@@ -199,6 +204,8 @@ def _pick_frames(av, source, targets: list[float], short_side: int,
         rate = stream.average_rate or Fraction(25)
         for frame in container.decode(stream):
             time = float(frame.time) if frame.time is not None else decoded / float(rate)
+            if end is not None and time >= end:  # past the kept span
+                break
             decoded += 1
             while len(jpegs) < len(targets) and time > targets[len(jpegs)]:
                 if shown is None:

@@ -400,10 +400,19 @@ def _cycle(rng: np.random.Generator, items: Sequence, count: int) -> Iterator:
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
     """H.264 (libx264, yuv420p), one-second GOPs, one encoder thread so the bytes are reproducible."""
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
+    _write_video(path, frames, fps, "mp4", "libx264", {"preset": "veryfast", "crf": "23", "g": str(fps), "threads": "1"})
+
+
+def write_avi(path: Path, frames: np.ndarray, fps: int) -> None:
+    """MPEG-4 part 2 in AVI, as MSVD and LSMDC distribute their clips; one-second GOPs, one encoder thread."""
+    _write_video(path, frames, fps, "avi", "mpeg4", {"qscale": "3", "g": str(fps), "threads": "1"})
+
+
+def _write_video(path: Path, frames: np.ndarray, fps: int, container_format: str, codec: str, options: dict) -> None:
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "23", "g": str(fps), "threads": "1"}
+        stream.options = options
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -413,6 +422,8 @@ def _render(job: tuple[Path, Scene, int]) -> None:
     path, scene, fps = job
     if path.suffix == ".mp4":
         write_mp4(path, scene.render(), fps)
+    elif path.suffix == ".avi":
+        write_avi(path, scene.render(), fps)
     else:
         Image.fromarray(scene.render()[0]).save(path, quality=92)
 
@@ -427,24 +438,28 @@ def _cc3m_name(index: int) -> str:
     return f"{index // 10000:05d}/{index // 10000:05d}{index % 10000:04d}.jpg"
 
 
-OWNED = ("webvid", "cc3m", "msrvtt", "synth.json")  # what synthesize writes, and may replace
+OWNED = ("webvid", "cc3m", "msrvtt", "msvd", "lsmdc", "didemo", "synth.json")  # what synthesize writes and replaces
 
 
 def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int = 600, images: int = 200,
-               test_videos: int = 100, msrvtt_train_videos: int = 20, size: int = 112, fps: int = 8,
-               workers: int | None = None, overwrite: bool = False, progress: bool = False) -> dict:
+               test_videos: int = 100, msrvtt_train_videos: int = 20, benchmark_test_videos: int = 20,
+               benchmark_train_videos: int = 12, size: int = 112, fps: int = 8, workers: int | None = None,
+               overwrite: bool = False, progress: bool = False) -> dict:
     """Render the demo set into out_dir and return the summary that is also written to synth.json.
 
     WebVid-style training clips use every combination except the held-out ones, and so do the few
     MSR-VTT training videos (they exist because MSR-VTT loaders read a training list too); MSR-VTT
-    test videos use only held-out ones, each with 2-3 captions in different wordings. CC3M-style stills have
-    no motion, so any colour and shape appears there, with noun-only captions.
+    test videos use only held-out ones, each with 2-3 paraphrased captions. CC3M-style stills have
+    no motion, so any colour and shape appears there, with noun-only captions. The small MSVD, LSMDC and
+    DiDeMo layouts (`mcq_shards.synth_benchmarks`) follow the same rule.
     """
+    from mcq_shards import synth_benchmarks
+
     if size < 32 or size % 2:
         raise ValueError("size must be an even number of pixels, at least 32 (H.264 yuv420p)")
     if fps < 1 or (workers is not None and workers < 1):
         raise ValueError("fps and workers must be at least 1")
-    if min(train_videos, images, test_videos, msrvtt_train_videos) < 0:
+    if min(train_videos, images, test_videos, msrvtt_train_videos, benchmark_test_videos, benchmark_train_videos) < 0:
         raise ValueError("counts must not be negative")
     out = Path(out_dir)
     existing = [out / name for name in OWNED if (out / name).exists()]
@@ -490,6 +505,9 @@ def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int =
                      for vid, clip in zip(test_ids, test_clips)}
     for vid, clip in zip(ids, train_clips + test_clips):
         jobs.append((msrvtt / "videos" / "all" / f"{vid}.mp4", clip.scene, fps))
+    benchmarks = synth_benchmarks.plan(out, seed, held_out, seen, size, fps, benchmark_test_videos,
+                                       benchmark_train_videos)
+    jobs += benchmarks.jobs
 
     for directory in {path.parent for path, _, _ in jobs} | {webvid, cc3m, msrvtt / "annotation"}:
         directory.mkdir(parents=True, exist_ok=True)
@@ -502,6 +520,9 @@ def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int =
     with open(cc3m / "Train_GCC-training.tsv", "w", encoding="utf-8") as f:
         f.writelines(f"{caption}\t{url}\n" for caption, url in tsv_rows)
     _write_msrvtt(msrvtt, train_ids, train_clips, test_ids, test_clips, caption_index)
+    synth_benchmarks.write_msrvtt_7k(msrvtt / "high-quality" / "structured-symlinks",
+                                     sorted(train_ids, key=lambda vid: int(vid[5:])))
+    benchmarks.write()
 
     summary = {
         "generator": "mcq-shards synth",
@@ -510,6 +531,7 @@ def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int =
         "fps": fps,
         "counts": {"webvid_train": train_videos, "cc3m_images": images,
                    "msrvtt_train": msrvtt_train_videos, "msrvtt_test": test_videos},
+        "benchmark_counts": benchmarks.counts,
         "vocabulary": {
             "colours": list(COLOURS),
             "shapes": list(SHAPES),
@@ -524,6 +546,10 @@ def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int =
             "cc3m_tsv": "cc3m/Train_GCC-training.tsv",
             "cc3m_images": "cc3m/images/<row // 10000 as %05d>/<row as %09d>.jpg (row: 0-based, in the TSV)",
             "msrvtt": "msrvtt (annotation/MSR_VTT.json, high-quality/structured-symlinks, videos/all)",
+            "msvd": "msvd (raw-captions.pkl, {train,val,test}_list.txt, YouTubeClips/<id>.avi)",
+            "lsmdc": "lsmdc (LSMDC16_annos_training.csv, LSMDC16_annos_val.csv, "
+                     "LSMDC16_challenge_1000_publictect.csv, videos/<movie>/<clip id>.avi)",
+            "didemo": "didemo ({train,val,test}_data.json, test_list.txt, videos/<name>.mp4)",
         },
     }
     with open(out / "synth.json", "w", encoding="utf-8") as f:
@@ -581,9 +607,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Render the embedded demo data set: coloured shapes on textured backgrounds that rest, sway, bob, "
         "orbit, spin or pulse, with captions that name them. Writes raw data in the published layouts: "
         "OUT/webvid (results_train.csv + videos/<page_dir>/<videoid>.mp4), OUT/cc3m "
-        "(Train_GCC-training.tsv + img2dataset-named JPEGs), OUT/msrvtt (MSR_VTT.json, 1k-A split "
-        "files, videos/all) and OUT/synth.json. Held-out colour-shape-motion combinations appear only "
-        "in the MSR-VTT test split. The same seed gives the same files."
+        "(Train_GCC-training.tsv + img2dataset-named JPEGs), OUT/msrvtt (MSR_VTT.json, 1k-A and 7k split "
+        "files, videos/all), small OUT/msvd, OUT/lsmdc and OUT/didemo sets and OUT/synth.json. Held-out "
+        "colour-shape-motion combinations appear only in the test splits. The same seed gives the same files."
     )
     default = {name: p.default for name, p in inspect.signature(synthesize).parameters.items()}
     parser.add_argument("out", metavar="OUT", help="output folder (created if missing)")
@@ -592,6 +618,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("images", "CC3M-style still images"),
         ("test_videos", "MSR-VTT test videos, all of held-out combinations"),
         ("msrvtt_train_videos", "MSR-VTT training-list videos, of seen combinations"),
+        ("benchmark_test_videos", "test videos of each of the MSVD, LSMDC and DiDeMo layouts"),
+        ("benchmark_train_videos", "training videos of each of those layouts"),
         ("size", "video side in pixels, even"),
         ("fps", "frames per second; every clip lasts 2-4 s"),
         ("seed", "random seed; the same seed gives the same files"),
@@ -610,16 +638,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = synthesize(
             args.out, seed=args.seed, train_videos=args.train_videos, images=args.images,
-            test_videos=args.test_videos, msrvtt_train_videos=args.msrvtt_train_videos, size=args.size,
-            fps=args.fps, workers=args.workers, overwrite=args.overwrite, progress=True,
+            test_videos=args.test_videos, msrvtt_train_videos=args.msrvtt_train_videos,
+            benchmark_test_videos=args.benchmark_test_videos, benchmark_train_videos=args.benchmark_train_videos,
+            size=args.size, fps=args.fps, workers=args.workers, overwrite=args.overwrite, progress=True,
         )
     except (ValueError, FileExistsError) as error:
         print(f"mcq-shards synth: error: {error}", file=sys.stderr)
         return 2
-    counts = summary["counts"]
+    counts = {**summary["counts"], **summary["benchmark_counts"]}
     print(f"wrote {counts['webvid_train']} WebVid clips, {counts['cc3m_images']} CC3M images and "
-          f"{counts['msrvtt_train']}+{counts['msrvtt_test']} MSR-VTT train+test videos to {args.out} "
-          f"in {time.perf_counter() - start:.1f} s")
+          f"{counts['msrvtt_train']}+{counts['msrvtt_test']} MSR-VTT train+test videos, "
+          + ", ".join(f"{counts[f'{b}_train']}+{counts[f'{b}_test']} {name}"
+                      for b, name in (("msvd", "MSVD"), ("lsmdc", "LSMDC"), ("didemo", "DiDeMo")))
+          + f" train+test videos to {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
 
 

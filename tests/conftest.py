@@ -31,7 +31,28 @@ def demo_shards(tmp_path_factory):
                 "-o", str(out["webvid"]), "--workers", "1", "--quiet")
     _mcq_shards("cc3m", str(root / "raw/cc3m/Train_GCC-training.tsv"), "--images", str(root / "raw/cc3m/images"),
                 "-o", str(out["cc3m"]), "--workers", "1", "--quiet")
-    _mcq_shards("msrvtt", str(root / "raw/msrvtt"), "-o", str(out["msrvtt"]), "--workers", "1", "--quiet")
+    _mcq_shards("msrvtt", str(root / "raw/msrvtt"), "--test-size", "24", "-o", str(out["msrvtt"]), "--workers", "1",
+                "--quiet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def benchmark_shards(tmp_path_factory):
+    """The demo data's four benchmark layouts, small, converted by their real converters: {"msrvtt": test shards,
+    "msrvtt-train": 9k-style training shards, "msvd"/"lsmdc"/"didemo": test shards}."""
+    from mcq_shards.cli import main
+    from mcq_shards.synth import synthesize
+
+    root = tmp_path_factory.mktemp("benchmarks")
+    raw = root / "raw"
+    synthesize(raw, train_videos=0, images=0, test_videos=8, msrvtt_train_videos=16, benchmark_test_videos=6,
+               benchmark_train_videos=2, size=32, fps=4, workers=1)
+    fast = ["--workers", "1", "--quiet", "--min-frames", "4"]
+    out = {name: root / name for name in ("msrvtt", "msrvtt-train", "msvd", "lsmdc", "didemo")}
+    assert main(["msrvtt", str(raw / "msrvtt"), "--test-size", "8", "-o", str(out["msrvtt"]), *fast]) == 0
+    assert main(["msrvtt", str(raw / "msrvtt"), "--split", "train", "-o", str(out["msrvtt-train"]), *fast]) == 0
+    for name in ("msvd", "lsmdc", "didemo"):
+        assert main([name, str(raw / name), "--test-size", "6", "-o", str(out[name]), *fast]) == 0
     return out
 
 

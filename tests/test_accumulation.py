@@ -1,7 +1,9 @@
 """Negatives from the whole global batch under gradient accumulation: however 32 samples are split into ranks and
 micro-batches, one optimizer step of the real DeepSpeed engine (gloo ranks, fp32, CPU) sees the same loss and the
-same gradients, for both MCQ terms; and the second forward of each micro-batch replays its dropout masks."""
+same gradients, for both MCQ terms and for fine-tuning's text-video term alone (no BridgeFormer, no questions); and
+the second forward of each micro-batch replays its dropout masks."""
 import copy
+import dataclasses
 import os
 import socket
 from datetime import timedelta
@@ -44,19 +46,20 @@ def collate(parts: list[Batch]) -> Batch:
                  pad([p.answer for p in parts]), [k for p in parts for k in p.keys], ["noun"] * len(parts), "webvid")
 
 
-def make_model(dropout: float):
+def make_model(dropout: float, bridge: bool = True):
     from mcq_ds.model.presets import preset
     from mcq_ds.model import create_model
 
     cfg = preset("tiny")
     cfg.text.arch.update(dropout=dropout, attention_dropout=dropout)
+    cfg.bridge = bridge
     torch.manual_seed(0)
     return create_model(cfg)
 
 
-def one_step(model, rank: int, world: int, accumulation: int, negatives: str = "global"):
+def one_step(model, rank: int, world: int, accumulation: int, negatives: str = "global", questions: bool = True):
     """One optimizer step of the real engine (SGD, lr 1: parameters move by exactly −gradient) over this rank's
-    micro-batches; returns the global loss terms and the gradient."""
+    micro-batches (without questions: fine-tuning's batches); returns the global loss terms and the gradient."""
     import deepspeed
 
     from mcq_ds.engine.config import TrainConfig
@@ -73,6 +76,8 @@ def one_step(model, rank: int, world: int, accumulation: int, negatives: str = "
                                            config=ds)
     mine = samples()[rank * micro * accumulation:(rank + 1) * micro * accumulation]
     batches = [collate(mine[k * micro:(k + 1) * micro]) for k in range(accumulation)]
+    if not questions:
+        batches = [dataclasses.replace(b, question=None, answer=None) for b in batches]
     torch.manual_seed(123)  # dropout
     terms = torch.stack(train_step(engine, MCQLoss(), batches, negatives == "global"))
     dist.all_reduce(terms)
@@ -106,6 +111,8 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
             results["1x4x8"] = one_step(make_model(0.0), 0, 1, 4)
             results["1x1x32"] = one_step(make_model(0.0), 0, 1, 1)
             results["1x4x8 micro"] = one_step(make_model(0.0), 0, 1, 4, "micro")
+            results["1x4x8 ft"] = one_step(make_model(0.0, bridge=False), 0, 1, 4, questions=False)
+            results["1x1x32 ft"] = one_step(make_model(0.0, bridge=False), 0, 1, 1, questions=False)
             model = make_model(0.1)
             results["reference dropout"] = reference_gradient(copy.deepcopy(model), 4)
             results["1x4x8 dropout"] = one_step(model, 0, 1, 4)
@@ -144,6 +151,12 @@ def assert_same(got, expected):
 @pytest.mark.parametrize("layout", ["1x4x8", "2x2x8"])
 def test_any_split_gives_the_loss_and_gradients_of_one_batch(results, layout):
     assert_same(results[layout], results["1x1x32"])
+
+
+def test_fine_tuning_steps_split_like_one_batch(results):
+    assert_same(results["1x4x8 ft"], results["1x1x32 ft"])
+    terms = results["1x1x32 ft"][0]
+    assert terms[0] == terms[1] and terms[2] == 0  # the text-video term alone
 
 
 def test_micro_batch_negatives_are_a_different_objective(results):

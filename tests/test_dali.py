@@ -134,7 +134,7 @@ def test_training_batches_follow_the_shared_draws_frame_by_frame(data, tokenizer
         video = batch.to("cpu").video
         for i, key in enumerate(batch.keys):
             meta = json.loads(samples[key]["json"])
-            d = draw(cfg.seed, epoch, key, meta["num_frames"], 4, meta["height"], meta["width"], True)
+            d = draw(cfg.seed, epoch, key, meta["num_frames"], 4, meta["height"], meta["width"])
             assert batch.extra["frames"][i].tolist() == d.frames
             assert batch.extra["crop"][i].tolist() == list(d.crop)
             assert bool(batch.extra["flip"][i]) == d.flip
@@ -169,7 +169,7 @@ def test_questions_continue_the_sample_stream_and_tokens_are_the_batch_tokenisat
     captions, questions, answers = [], [], []
     for key, kind in zip(batch.keys, batch.kinds):
         meta = json.loads(samples[key]["json"])
-        d = draw(cfg.seed, 0, key, meta["num_frames"], 4, meta["height"], meta["width"], True)
+        d = draw(cfg.seed, 0, key, meta["num_frames"], 4, meta["height"], meta["width"])
         qa = builder(meta["caption"], meta["nouns"], meta["verbs"], "verb", d.rng)
         assert kind == qa.kind
         captions.append(meta["caption"])

@@ -200,7 +200,7 @@ def test_pixels_match_an_independent_pil_reference(converted, tokenizer):
     flips = 0
     for key, video, frames in zip(batch.keys, batch.video, batch.extra["frames"].tolist()):
         meta, members = stored[key]
-        draws = draw(7, 0, key, _stored_count(meta), 4, meta["height"], meta["width"], True)
+        draws = draw(7, 0, key, _stored_count(meta), 4, meta["height"], meta["width"])
         expected = _reference_frames(members, meta, frames, draws.crop, draws.flip, 32)
         assert (_pixels(video) - expected).abs().max() <= 2.5, key  # torch and PIL resampling round differently
         flips += draws.flip
@@ -220,7 +220,7 @@ def test_identical_stored_frames_give_identical_output_frames(hand_shard, tokeni
     frames = moving.extra["frames"][0].tolist()
     assert len(set(frames)) == 4  # four different stored frames, all under one crop (checked against PIL)
     meta, members = stored["hand-moving"]
-    draws = draw(7, 0, "hand-moving", 6, 4, 40, 48, True)
+    draws = draw(7, 0, "hand-moving", 6, 4, 40, 48)
     assert (_pixels(moving.video[0]) - _reference_frames(members, meta, frames, draws.crop, draws.flip, 32)
             ).abs().max() <= 2.5
     image = seen["hand-image"]
@@ -353,7 +353,7 @@ def test_time_sampling_and_the_original_resize(converted, tokenizer):
     for key, video, frames in zip(batch.keys, batch.video, batch.extra["frames"].tolist()):
         meta, members = stored[key]
         clock = ClipClock.from_meta(meta)
-        draws = draw(7, 0, key, _stored_count(meta), 4, meta["height"], meta["width"], True, clock=clock)
+        draws = draw(7, 0, key, _stored_count(meta), 4, meta["height"], meta["width"], clock=clock)
         if clock is not None:
             videos += 1
             chosen = time_frames(clock, 4, random.Random(sample_seed(7, 0, key)))

@@ -52,3 +52,39 @@ def test_four_embeddings_equal_the_original_implementation(tmp_path, frames):
         mine = ours(video, text, question, answer)
     for name, x, y in zip(("text", "video", "answer", "bridge"), mine, original):
         assert torch.allclose(x, y, atol=1e-5, rtol=0), f"{name}: max diff {(x - y).abs().max():.2e}"
+
+
+@pytest.mark.parametrize("frames", [1, 3, 4])
+def test_miles_embeddings_equal_the_original_miles_implementation(tmp_path, frames):
+    """The original MILES model (its SpaceTimeTransformer, Frozen-in-Time's divided space-time block with the
+    residual quirk, a 4-row temporal table) against our video encoder with `temporal_attention`, on 1, 3 and 4
+    frames (fewer frames than the table takes its first rows)."""
+    pytest.importorskip("einops")  # the original code needs it
+    sys.path.insert(0, ORIGINAL)
+    from model.video_encoder_MILES import SpaceTimeTransformer
+
+    cfg = tiny_config()
+    video_model = SpaceTimeTransformer(img_size=32, patch_size=16, embed_dim=64, depth=4, num_heads=4, num_frames=4,
+                                       time_init="zeros")
+    video_model.head, video_model.pre_logits, video_model.fc = nn.Identity(), nn.Identity(), nn.Identity()
+    text_model = DistilBertModel(DistilBertConfig(**cfg.text.arch))
+    text_proj, vid_proj = nn.Sequential(nn.ReLU(), nn.Linear(64, 16)), nn.Sequential(nn.Linear(64, 16))
+    with torch.no_grad():  # off the zero-initialised temporal attention and unit LayerNorms, so every part matters
+        for p in video_model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    parts = {"text_model": text_model, "video_model": video_model, "text_proj": text_proj, "vid_proj": vid_proj}
+    state = {f"module.{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "MILES.pth")
+
+    for part in parts.values():
+        part.eval()
+    video, text, _, _ = batch(cfg, frames)
+    with torch.no_grad():
+        original = (text_proj(text_model(input_ids=text.ids, attention_mask=text.mask).last_hidden_state[:, 0]),
+                    vid_proj(video_model(video)))
+        ours = from_original(tmp_path / "MILES.pth", bridge=False, head_dim=16).eval()
+        assert ours.cfg.video.temporal_attention and ours.cfg.video.num_frames == 4
+        mine = (ours.encode_text(text), ours.encode_video(video))
+    for name, x, y in zip(("text", "video"), mine, original):
+        assert torch.allclose(x, y, atol=1e-5, rtol=0), f"{name}: max diff {(x - y).abs().max():.2e}"
+        print(f"MILES parity, {frames} frames, {name}: max |diff| {(x - y).abs().max():.2e}")

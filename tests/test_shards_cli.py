@@ -4,7 +4,7 @@ import pytest
 
 from mcq_shards.cli import build_parser, main
 
-COMMANDS = ["cc3m", "webvid", "msrvtt", "wds", "csv", "verify", "synth"]
+COMMANDS = ["cc3m", "webvid", "msrvtt", "msvd", "lsmdc", "didemo", "wds", "csv", "verify", "merge", "synth"]
 
 
 @pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])

@@ -197,7 +197,7 @@ def test_msrvtt_1k_a_pairs_and_train_captions(tmp_path):
     (lists / "jsfusion_val_caption_idx.pkl").write_bytes(pickle.dumps({"video2": np.int64(2), "video3": 1}))
     for v in range(4):
         encode_video(root / "videos" / "all" / f"video{v}.mp4", "h264", seconds=2)
-    assert main(["msrvtt", str(root), "-o", str(tmp_path / "test"), *FAST]) == 0
+    assert main(["msrvtt", str(root), "--test-size", "2", "-o", str(tmp_path / "test"), *FAST]) == 0
     test = samples_of(tmp_path / "test")
     assert {k: s["caption"] for k, s in test.items()} == {
         "msrvtt-video2": "a person number 2 does thing 2", "msrvtt-video3": "a person number 3 does thing 1"}

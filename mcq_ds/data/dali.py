@@ -128,6 +128,7 @@ class _Sample(NamedTuple):
     crop: CropBox
     flip: bool
     meta: dict
+    caption: str
     qa: QuestionAnswer | None
 
 
@@ -179,7 +180,7 @@ class HostStep:
     OUTPUTS = ("anchor", "window", "flip", "frames", "crop", "valid", "keys", "kinds", "text_ids", "text_mask",
                "question_ids", "question_mask", "answer_ids", "answer_mask")
 
-    def __init__(self, config: LoaderConfig, epoch: int, questions: QuestionBuilder, skip_log: SkipLog,
+    def __init__(self, config: LoaderConfig, epoch: int, questions: QuestionBuilder | None, skip_log: SkipLog,
                  shards: list[str], decode_first: int = 0):
         self.config, self.epoch, self.questions, self.skip_log = config, epoch, questions, skip_log
         self.shards = "one of " + ", ".join(shards[:3]) + (f" (+{len(shards) - 3})" if len(shards) > 3 else "")
@@ -194,7 +195,7 @@ class HostStep:
             for frame in prepared.jpegs.values():
                 _decodes(frame)
         return _Sample(prepared.plan, [prepared.jpegs[i] for i in prepared.plan], prepared.draws.crop,
-                       prepared.draws.flip, prepared.meta, prepared.qa)
+                       prepared.draws.flip, prepared.meta, prepared.caption, prepared.qa)
 
     def __call__(self, metas: list[np.ndarray], jpgs: list[np.ndarray], offsets: list[np.ndarray],
                  *sources: list[np.ndarray]) -> tuple:
@@ -214,7 +215,7 @@ class HostStep:
                     raise
         # A rejected sample is decoded as a 16x16 placeholder and dropped after the pipeline.
         blank = _Sample([0] * cfg.num_frames, [self.placeholder] * cfg.num_frames, CropBox(0, 0, 16, 16), False,
-                        {"key": "", "caption": ""}, None)
+                        {"key": ""}, "", None)
         rows = [s or blank for s in samples]
         encoded = [[s.encoded[k] for s in rows] for k in range(cfg.num_frames)]
         anchor = [np.array([s.crop.left, s.crop.top], np.float32) for s in rows]
@@ -225,7 +226,7 @@ class HostStep:
         valid = [np.array(s is not None, np.uint8) for s in samples]
         keys = _padded([s.meta["key"].encode() for s in rows])
         kinds = [np.array(KINDS.index(s.qa.kind if s.qa else "none"), np.uint8) for s in rows]
-        tokens = tokenize_texts(cfg.tokenizer, [s.meta["caption"] for s in rows],
+        tokens = tokenize_texts(cfg.tokenizer, [s.caption for s in rows],
                                 [s.qa.question if s.qa else "" for s in rows],
                                 [s.qa.answer if s.qa else "" for s in rows], cfg.max_text_length)
         text = [list(tokens[name][part].numpy()) for name in ("text", "question", "answer")
@@ -322,7 +323,7 @@ class DaliLoader:
         if self.batches_per_epoch < 1:
             raise ValueError(f"{config.source}: {self.num_samples} samples cannot give each of {self.world_size} "
                              f"ranks a batch of {config.batch_size}")
-        self.questions = QuestionBuilder(config.tokenizer, config.question_mode)
+        self.questions = QuestionBuilder(config.tokenizer, config.question_mode) if config.questions else None
         self.skip_log = SkipLog(config.source, config.max_skip_share,
                                 skip_check_after(config.skip_check_after, self.num_samples // self.world_size))
         self.skipped = 0  # samples rejected so far, over all epochs
@@ -469,6 +470,7 @@ class DaliLoader:
 
         extra = {"frames": data["frames"], "crop": data["crop"], "flip": data["flip"].bool()}
         return Batch(
-            video=data["video"], text=tokens("text"), question=tokens("question"), answer=tokens("answer"),
+            video=data["video"], text=tokens("text"), question=tokens("question") if self.config.questions else None,
+            answer=tokens("answer") if self.config.questions else None,
             keys=strings(data["keys"]), kinds=[KINDS[k] for k in data["kinds"].tolist()], source=self.config.source,
             skipped=skipped, extra=extra, normalisation=self.config.normalisation)

@@ -91,6 +91,7 @@ class LoaderConfig:
     world_size: int | None = None
     question_type: str = "noun"
     question_mode: str = "span"
+    questions: bool = True  # False: no MCQ questions (fine-tuning without the BridgeFormer); question/answer None
     max_text_length: int | None = None
     normalisation: str = "imagenet"
     hflip: bool = True
@@ -161,7 +162,7 @@ class ShardStream(IterableDataset):
                              "batch")
         self.cursors = list(cursors) or [Cursor(0, 0, 0)] * self.workers
         self.first_worker = first_worker
-        self.builder = QuestionBuilder(cfg.tokenizer, cfg.question_mode)
+        self.builder = QuestionBuilder(cfg.tokenizer, cfg.question_mode) if cfg.questions else None
         self._entries: dict[str, ShardEntries] = {}
         self._skip_log = SkipLog(cfg.source, cfg.max_skip_share,
                                  skip_check_after(cfg.skip_check_after, self.total // self.slots))
@@ -287,7 +288,7 @@ class ShardStream(IterableDataset):
         except Exception as err:  # libjpeg's errors for truncated or garbled frames, size mismatches
             return Skip(shard, item.key, Reason.BAD_FRAME,
                         f"undecodable: {type(err).__name__}: {err}")
-        return _Sample(item.key, video, meta["caption"], item.qa, item.plan)
+        return _Sample(item.key, video, item.caption, item.qa, item.plan)
 
     # Stage 5: batch. Everything the training step needs, as tensors.
 
@@ -301,14 +302,16 @@ class ShardStream(IterableDataset):
         for row, sample in zip(pixels, samples):
             row.copy_(sample.video.permute(0, 2, 3, 1))
         video = pixels.permute(0, 1, 4, 2, 3)
-        tokens = tokenize_texts(cfg.tokenizer, captions, [s.qa.question for s in samples],
-                                [s.qa.answer for s in samples], cfg.max_text_length)
+        tokens = tokenize_texts(cfg.tokenizer, captions, [s.qa.question if s.qa else "" for s in samples],
+                                [s.qa.answer if s.qa else "" for s in samples], cfg.max_text_length)
         text, question, answer = (Tokens(tokens[k]["input_ids"], tokens[k]["attention_mask"])
                                   for k in ("text", "question", "answer"))
+        if not cfg.questions:
+            question = answer = None
         extra: dict[str, Any] = {"frames": torch.tensor([s.plan for s in samples], dtype=torch.long)}
         return dict(video=video, text=text, question=question, answer=answer, keys=[s.key for s in samples],
-                    kinds=[s.qa.kind for s in samples], source=cfg.source, skipped=skipped, extra=extra,
-                    normalisation=cfg.normalisation)
+                    kinds=[s.qa.kind if s.qa else "none" for s in samples], source=cfg.source, skipped=skipped,
+                    extra=extra, normalisation=cfg.normalisation)
 
 
 def _shuffle_blocks(items: Iterable, size: int, rng_for: Callable[[int], random.Random], first: int) -> Iterator:

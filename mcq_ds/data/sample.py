@@ -25,6 +25,7 @@ class Prepared(NamedTuple):
 
     key: str
     meta: dict[str, Any]
+    caption: str  # the text this sample is paired with in this epoch
     draws: SampleDraws
     plan: list[int]  # stored frame of each output frame; a clip shorter than the run's frames repeats its last
     jpegs: dict[int, Any]  # stored frame → its JPEG bytes (checked: one whole JPEG of the sample's size)
@@ -32,17 +33,23 @@ class Prepared(NamedTuple):
 
 
 def prepare(sample: StoredSample, cfg: LoaderConfig, epoch: int, questions: QuestionBuilder | None) -> Prepared:
-    """The draws of `sample` in `epoch`, its chosen frames and its question. Raises `SampleError`."""
+    """The draws of `sample` in `epoch`, its chosen frames and its caption and question. Raises `SampleError`.
+
+    Without questions (fine-tuning: no BridgeFormer), a sample that stores several captions (a benchmark's training
+    video) is paired with one of them drawn anew every epoch, as the original's `caption_sample: rand`; with
+    questions it keeps `caption`, the text its stored noun and verb spans belong to."""
     clock = ClipClock.from_meta(sample.meta) if cfg.frame_sampling == "time" else None
     draws = draw(cfg.seed, epoch, sample.key, sample.num_stored, cfg.num_frames, sample.height, sample.width,
-                 train=True, hflip=cfg.hflip, clock=clock)
+                 hflip=cfg.hflip, clock=clock)
     jpegs = {i: check_jpeg(sample, i) for i in sorted(set(draws.frames))}
-    qa = None
+    meta = sample.meta
+    caption, qa = meta["caption"], None
+    if questions is None and isinstance(meta.get("captions"), list) and meta["captions"]:
+        caption = str(draws.rng.choice(meta["captions"]))
     if questions is not None:
-        meta = sample.meta
         try:
             qa = questions(meta["caption"], meta.get("nouns", []), meta.get("verbs", []), cfg.question_type,
                            draws.rng)
         except (ValueError, KeyError, TypeError, IndexError) as err:  # phrase spans that do not fit the caption
             raise SampleError(Reason.BAD_JSON, f"noun/verb phrases: {type(err).__name__}: {err}") from None
-    return Prepared(sample.key, sample.meta, draws, pad_frames(draws.frames, cfg.num_frames), jpegs, qa)
+    return Prepared(sample.key, sample.meta, caption, draws, pad_frames(draws.frames, cfg.num_frames), jpegs, qa)

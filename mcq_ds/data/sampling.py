@@ -54,12 +54,6 @@ def random_resized_crop_box(rng: random.Random, height: int, width: int, scale: 
     return CropBox((height - h) // 2, (width - w) // 2, h, w)
 
 
-def center_crop_box(height: int, width: int) -> CropBox:
-    """Evaluation view: the centred square of the short side (Resize 256 → CenterCrop 256)."""
-    side = min(height, width)
-    return CropBox((height - side) // 2, (width - side) // 2, side, side)
-
-
 class SampleDraws(NamedTuple):
     """What a loader does to one sample: stored-frame indices, crop window (in stored-frame pixels), flip."""
 
@@ -70,17 +64,13 @@ class SampleDraws(NamedTuple):
 
 
 def draw(seed: int, epoch: int, key: str, num_stored: int, num_frames: int, height: int, width: int,
-         train: bool, hflip: bool = True, clock: ClipClock | None = None) -> SampleDraws:
-    """The decisions for one sample. Training: one random frame per segment, a random resized crop and a coin
-    flip; evaluation: segment midpoints and the centre crop, no flip. Same arguments, same draws. `hflip=False`
-    turns the flip off (captions that say "left" or "right", like the demo data's, become wrong when flipped); the
-    coin is still drawn so the question builder sees the same stream either way. With a video's `clock`, training
+         hflip: bool = True, clock: ClipClock | None = None) -> SampleDraws:
+    """The training decisions for one sample: one random frame per segment, a random resized crop and a coin
+    flip. Same arguments, same draws. `hflip=False` turns the flip off (captions that say "left" or "right", like
+    the demo data's, become wrong when flipped); the coin is still drawn so the question builder sees the same stream either way. With a video's `clock`, training
     frames are the original's sampled instants taken from the nearest stored frames (`mcq_shards.frames.time_frames`);
     without, the original's index rule over the stored frames (`segment_frames`)."""
     rng = random.Random(sample_seed(seed, epoch, key))
-    if not train:
-        return SampleDraws(segment_frames(num_stored, num_frames, "uniform"), center_crop_box(height, width), False,
-                           rng)
     frames = time_frames(clock, num_frames, rng) if clock else segment_frames(num_stored, num_frames, "rand", rng)
     crop = random_resized_crop_box(rng, height, width)
     flip = rng.random() < 0.5

@@ -149,8 +149,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(engine, ckpt_dir: Path, step: int, common: dict[str, Any], per_rank: dict[str, Any],
-         keep_last: int) -> Path:
-    """Collective: every rank calls it. `common` goes into DeepSpeed's client state, `per_rank` into rank<r>.pt."""
+         keep_last: int, keep: tuple[str, ...] = ()) -> Path:
+    """Collective: every rank calls it. `common` goes into DeepSpeed's client state, `per_rank` into rank<r>.pt;
+    the checkpoints named in `keep` are never pruned."""
     from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
                                                 UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
@@ -174,7 +175,7 @@ def save(engine, ckpt_dir: Path, step: int, common: dict[str, Any], per_rank: di
     if rank == 0:
         marker = {"step": step, "world_size": dist.get_world_size(), "config": common.get("config")}
         atomic_write(folder / COMPLETE, lambda p: p.write_text(json.dumps(marker)))
-        _prune(ckpt_dir, keep_last)
+        _prune(ckpt_dir, keep_last, keep)
     dist.barrier()
     return folder
 
@@ -195,10 +196,10 @@ def _write_error(folder: Path) -> OSError | None:
     return None
 
 
-def _prune(ckpt_dir: Path, keep_last: int) -> None:
+def _prune(ckpt_dir: Path, keep_last: int, keep: tuple[str, ...] = ()) -> None:
     complete = complete_checkpoints(ckpt_dir)
     newest = _step_of(complete[-1])
-    for folder in complete[:-keep_last] if keep_last > 0 else []:
+    for folder in [f for f in complete[:-keep_last] if f.name not in keep] if keep_last > 0 else []:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(ckpt_dir / "universal" / folder.name, ignore_errors=True)
     for folder in ckpt_dir.iterdir():

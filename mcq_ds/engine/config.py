@@ -15,13 +15,25 @@ from typing import Any
 
 from .stages import STAGES
 
-COMMAND_DOC = ("Runs one curriculum stage (1f-noun, 4f-noun, 4f-verb, their clip-* versions, or the demo-* stages) on "
-               "a DeepSpeed ZeRO engine, on one machine or under `deepspeed --hostfile` (see launch/). Checkpoints go "
-               "to OUT/checkpoints and the final fp32 model to OUT/model; rerunning the same command resumes from the "
-               "newest complete checkpoint. Options left out take the stage's value (shown as 'the stage's'), then "
-               "the config file's, then the default shown.")
+COMMAND_DOC = ("Runs one curriculum stage (1f-noun, 4f-noun, 4f-verb, their clip-* versions, or the demo-* stages) or "
+               "one benchmark fine-tuning stage (ft-*, clip-ft-*: the BridgeFormer dropped, the test set of --eval-data "
+               "evaluated after every epoch, the best epoch exported) on a DeepSpeed ZeRO engine, on one machine or "
+               "under `deepspeed --hostfile` (see launch/). Checkpoints go to OUT/checkpoints and the final fp32 model "
+               "to OUT/model; rerunning the same command resumes from the newest complete checkpoint. Options left "
+               "out take the stage's value (shown as 'the stage's'), then the config file's, then the default shown.")
 
 DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"  # package data: found in any install
+
+
+def default_ds_config() -> str:
+    """The DeepSpeed JSON a run gets without --ds-config: ZeRO-2 in bf16 (fp32 master weights, gradients accumulated
+    and reduced in fp32) on a GPU and on a CPU with bf16 units, where bf16 matrix products run at about twice the
+    fp32 rate; fp32 on a CPU without them, where bf16 is emulated and slower."""
+    import torch
+
+    from ..runtime import cpu_has_native_bf16
+
+    return "zero2_bf16.json" if torch.cuda.is_available() or cpu_has_native_bf16() else "cpu_fp32.json"
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -34,12 +46,17 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 @dataclass
 class TrainConfig:
     stage: str = _opt("demo-1f-noun", "curriculum stage preset", tuple(STAGES))
-    data: dict[str, str] = _opt({}, "SOURCE=SHARDS for every source of the stage (cc3m, webvid), e.g. --data "
-                                "webvid=shards/webvid; SHARDS is a converted folder or a brace-expanded tar list")
+    data: dict[str, str] = _opt({}, "SOURCE=SHARDS for every source of the stage (cc3m, webvid; a fine-tuning stage's "
+                                "benchmark training split), e.g. --data webvid=shards/webvid; SHARDS is a converted "
+                                "folder or a brace-expanded tar list")
+    eval_data: str | None = _opt(None, "test shards of a fine-tuning stage's benchmark, evaluated with its protocol "
+                                 "before training and after every epoch; the epoch with the best R@1+R@5+R@10 is kept "
+                                 "and exported to OUT/model (without it: the last epoch)")
     out: str = _opt("runs/train", "output folder: checkpoints/, model/, config.json, the local tracking record")
     max_skip_share: float = _opt(0.5, "stop with an error naming the shard when more than this share of the samples "
                                  "a data reader has read were unusable")
-    init: str | None = _opt(None, "model folder to start from: the previous stage's OUT/model, or `mcq-ds init`")
+    init: str | None = _opt(None, "model to start from: the previous stage's OUT/model, `mcq-ds init`'s folder, or a "
+                            "released weight file (MCQ.pth, MILES.pth, MCQ_CLIP.pth); fine-tuning stages need one")
     preset: str | None = _opt(None, "model preset for a fresh start without --init (default: the stage's)",
                               ("base", "tiny", "demo", "clip-b32", "clip-b16", "clip-tiny"))
     frames: int | None = _opt(None, "frames per clip (default: the stage's)")
@@ -62,6 +79,10 @@ class TrainConfig:
     schedule: str | None = _opt(None, "step: the original's ×0.1 at each milestone; cosine: linear warm-up, then "
                                 "cosine (default: the stage's; step for the paper's stages)", ("step", "cosine"))
     warmup_steps: int | None = _opt(None, "linear warm-up steps for --schedule cosine (default: the stage's)")
+    epoch_samples: int | None = _opt(None, "at most this many samples make an epoch (for the schedule, evaluation and "
+                                     "checkpoints; default: the stage's, a fine-tuning stage's 9,000 as Frozen's)")
+    patience: int | None = _opt(None, "stop after this many evaluations without a better R@1+R@5+R@10 (default: the "
+                                "stage's; Frozen's 10 for ft-*)")
     max_steps: int | None = _opt(None, "stop after this many optimizer steps (default: epochs × steps per epoch)")
     temperature: float | None = _opt(None, "contrastive temperature τ (default: the stage's, 0.05; CLIP stages 0.01)")
     mcq_weight: float = _opt(1.0, "weight w of the MCQ term in L(text, video) + w·L(answer, bridge); 0 trains the "
@@ -73,7 +94,8 @@ class TrainConfig:
                                "original's transformers.AdamW | torch: ε added after it (torch/DeepSpeed AdamW as is)",
                                ("transformers", "torch"))
     ds_config: str | None = _opt(None, "DeepSpeed JSON (a path, or a name in mcq_ds/ds_configs/; default: "
-                                 "cpu_fp32.json on CPU, zero2_bf16.json on GPU)")
+                                 "zero2_bf16.json on a GPU or a CPU with AVX512-BF16/AMX, else "
+                                 "cpu_fp32.json)")
     optimizer: str = _opt("torch", "AdamW implementation when the DeepSpeed JSON has no optimizer section: torch "
                           "(PyTorch's fused AdamW, nothing to compile) | deepspeed (DeepSpeed's FusedAdam, or CPU Adam "
                           "with offload: compiled at start-up unless prebuilt, see README)",
@@ -113,14 +135,19 @@ class TrainConfig:
         for name, value in (("frames", stage.frames), ("question_type", stage.question_type),
                             ("global_batch", stage.global_batch), ("lr", stage.lr), ("epochs", stage.epochs),
                             ("milestones", list(stage.milestones)), ("preset", stage.preset),
-                            ("temperature", stage.temperature), ("schedule", stage.schedule),
-                            ("warmup_steps", stage.warmup_steps), ("text_lr", stage.text_lr),
-                            ("frozen_text_layers", stage.frozen_text_layers),
-                            ("adam_eps", 1e-6 * stage.paper_ranks)):
+                            ("temperature", stage.temperature), ("adam_eps", 1e-6 * stage.paper_ranks),
+                            ("schedule", stage.schedule), ("warmup_steps", stage.warmup_steps),
+                            ("epoch_samples", stage.epoch_samples), ("patience", stage.patience),
+                            ("text_lr", stage.text_lr), ("frozen_text_layers", stage.frozen_text_layers)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.mcq_weight < 0:
             raise ValueError(f"--mcq-weight must be 0 (no MCQ) or positive, got {self.mcq_weight}")
+        if not stage.bridge and not self.init:
+            raise ValueError(f"stage {self.stage} fine-tunes a pre-trained model: give --init MODEL (a model folder, "
+                             "MCQ.pth, MILES.pth or MCQ_CLIP.pth)")
+        if self.eval_data and not stage.benchmark:
+            raise ValueError(f"--eval-data is a fine-tuning stage's test set; stage {self.stage} has no benchmark")
         missing = [s for s in stage.sources if s not in self.data]
         if missing:
             raise ValueError(f"stage {self.stage} trains on {list(stage.sources)}; give "
@@ -129,6 +156,11 @@ class TrainConfig:
     @property
     def sources(self) -> tuple[str, ...]:
         return STAGES[self.stage].sources
+
+    @property
+    def bridge(self) -> bool:
+        """False for fine-tuning: the retrieval model, trained on L(text, video) alone."""
+        return STAGES[self.stage].bridge
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,7 +172,7 @@ RUNTIME_KEYS = frozenset({"out", "resume", "workers", "log_every", "save_every",
                           "experiment", "run_name", "compile", "grad_checkpointing", "max_skip_share"})
 # Settings a deliberate resume (`--resume` given) may change: the new values take effect from the resumed step.
 ADJUSTABLE_KEYS = frozenset({"data", "lr", "text_lr", "epochs", "milestones", "max_steps", "schedule", "warmup_steps",
-                             "temperature", "hflip", "question_type", "question_mode"})
+                             "temperature", "hflip", "question_type", "question_mode", "eval_data", "patience"})
 # Every other setting (stage, init, preset, frames, batch sizes, ds_config, loader, seed) made the weights, the
 # optimizer state and the data position a checkpoint holds, and is fixed for the life of a run.
 

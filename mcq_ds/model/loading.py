@@ -60,7 +60,9 @@ def load_timm_vit(video: VideoFormer, path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The original MCQ checkpoints (MCQ.pth, MCQ_1frame.pth: `state_dict` with `module.` prefixes)
+# The original MCQ checkpoints (MCQ.pth, MCQ_1frame.pth: `state_dict` with `module.` prefixes), and the released
+# MILES model of the same repository (MILES.pth: Frozen-in-Time's divided space-time video encoder, whose blocks add
+# `timeattn` + `norm3` and a `temporal_embed` table, final norm `video_model.norm`, no BridgeFormer)
 
 # (original name inside a block, mcq-ds name). Video-side names are identical; the bridge half of each original
 # `Video_Bridge_Block` lives in `bridge_model.blocks.i` here.
@@ -92,7 +94,7 @@ def original_to_mcq(state: dict[str, torch.Tensor], bridge: bool = True) -> dict
         elif bridge or not new.startswith(BRIDGE_PREFIXES):
             out[new] = value
     if unknown:
-        raise ValueError(f"keys that are not part of an MCQ checkpoint: {unknown[:10]}")
+        raise ValueError(f"keys that are not part of an MCQ or MILES checkpoint: {unknown[:10]}")
     return out
 
 
@@ -137,7 +139,8 @@ def mcq_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def config_from_original(state: dict[str, torch.Tensor], num_frames: int = 4, bridge: bool = True,
                          tokenizer: str | None = None, head_dim: int = 64) -> MCQConfig:
     """Every size of the model, read off the tensor shapes; only the head count is not in them (width / head_dim,
-    12 for every released checkpoint)."""
+    12 for every released checkpoint). A video encoder with temporal attention (MILES) takes its frame count from its
+    temporal position table (`num_frames` is then the most frames it will be given, at most the table's rows)."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     width = state["video_model.pos_embed"].shape[-1]
     patch = state["video_model.patch_embed.proj.weight"].shape[-1]
@@ -145,26 +148,34 @@ def config_from_original(state: dict[str, torch.Tensor], num_frames: int = 4, br
     depth = 1 + max(int(m.group(1)) for k in state if (m := _BLOCK_KEY.fullmatch(k)))
     words = state["text_model.embeddings.word_embeddings.weight"]
     text_layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("text_model.transformer.layer."))
+    temporal = "video_model.blocks.0.norm3.weight" in state
+    if temporal:
+        rows = state["video_model.temporal_embed"].shape[1]
+        if num_frames > rows:
+            raise ValueError(f"this checkpoint's temporal position table has {rows} rows: it takes at most {rows} "
+                             f"frames, not {num_frames}")
+        num_frames = rows
     video = VideoConfig(
         img_size=grid * patch, patch_size=patch, width=width, depth=depth, heads=width // head_dim,
         mlp_ratio=state["video_model.blocks.0.mlp.fc1.weight"].shape[0] / width, num_frames=num_frames,
-        temporal_attention="video_model.blocks.0.norm3.weight" in state)
+        temporal_attention=temporal)
     text = TextConfig(tokenizer=tokenizer, arch=dict(
         dim=words.shape[1], n_layers=text_layers, n_heads=words.shape[1] // head_dim, vocab_size=words.shape[0],
         hidden_dim=state["text_model.transformer.layer.0.ffn.lin1.weight"].shape[0],
         max_position_embeddings=state["text_model.embeddings.position_embeddings.weight"].shape[0]))
     has_bridge = "video_model.blocks.0.crossattn.q_question.weight" in state
     if bridge and not has_bridge:
-        raise ValueError("this checkpoint has no BridgeFormer weights (an evaluation-only model); load it with "
-                         "bridge=False")
+        raise ValueError("this checkpoint has no BridgeFormer weights (an evaluation-only model, such as the released "
+                         "MILES.pth); load it with bridge=False (`--no-bridge`)")
     return MCQConfig(video=video, text=text, embed_dim=state["vid_proj.0.weight"].shape[0], bridge=bridge)
 
 
 def from_original(path: str | Path, num_frames: int = 4, bridge: bool = True, tokenizer: str | None = None,
-                  head_dim: int = 64) -> MCQ:
-    """Builds a model from a released MCQ checkpoint (`MCQ.pth`, `MCQ_1frame.pth`, ...) without the original code
-    and without executing anything pickled in it. `bridge=False` gives the retrieval model."""
-    state = read_state_dict(path)
+                  head_dim: int = 64, state: dict[str, torch.Tensor] | None = None) -> MCQ:
+    """Builds a model from a released MCQ checkpoint (`MCQ.pth`, `MCQ_1frame.pth`, ...) or the released MILES model
+    (`MILES.pth`, `bridge=False`) without the original code and without executing anything pickled in it.
+    `bridge=False` gives the retrieval model; `state` is the file's state dict when the caller has read it already."""
+    state = read_state_dict(path) if state is None else state
     try:
         cfg = config_from_original(state, num_frames=num_frames, bridge=bridge, tokenizer=tokenizer,
                                    head_dim=head_dim)
@@ -172,8 +183,8 @@ def from_original(path: str | Path, num_frames: int = 4, bridge: bool = True, to
         model.load_state_dict(original_to_mcq(state, bridge=bridge), strict=True)
     except (KeyError, IndexError, RuntimeError) as err:  # a tensor MCQ has is missing, or has another shape
         reason = f"no tensor {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:300]
-        raise ValueError(f"{path}: not an original MCQ checkpoint ({reason}); for CLIP weights such as "
-                         "MCQ_CLIP.pth make a model folder first with `mcq-ds convert-clip`") from None
+        raise ValueError(f"{path}: not an original MCQ checkpoint, nor a MILES one ({reason}); for CLIP weights such "
+                         "as MCQ_CLIP.pth use `mcq-ds convert-clip`") from None
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     return model
@@ -223,14 +234,16 @@ def load_pretrained(folder: str | Path, bridge: bool | None = None
 # ---------------------------------------------------------------------------------------------------------------
 # mcq-ds convert-original
 
-COMMAND_DOC = ("Reads an original MCQ/BridgeFormer checkpoint without the original code and without running anything "
-               "pickled in it; every key is mapped or dropped on purpose.")
+COMMAND_DOC = ("Reads an original MCQ/BridgeFormer checkpoint, or the released MILES model (with --no-bridge: it has "
+               "none), without the original code and without running anything pickled in it; every key is mapped or "
+               "dropped on purpose.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="e.g. MCQ.pth, MCQ_1frame.pth")
+    parser.add_argument("checkpoint", help="e.g. MCQ.pth, MCQ_1frame.pth, MILES.pth")
     parser.add_argument("-o", "--out", required=True, help="output model folder")
-    parser.add_argument("--frames", type=int, default=4, help="most frames the model will take (default 4)")
+    parser.add_argument("--frames", type=int, default=4, help="frames the model's evaluation uses by default "
+                        "(default 4; a MILES model takes at most its temporal table's 4)")
     parser.add_argument("--bridge", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the BridgeFormer (default); --no-bridge: the retrieval model only")
     parser.add_argument("--tokenizer", help="tokenizer folder or vocab.txt (default: the bert-base-uncased vocab "

@@ -30,7 +30,8 @@ CAPTION_TOKENS, ANSWER_TOKENS = 24, 8
 def example_inputs(cfg, batch: int, frames: int, device: torch.device | str, dtype: torch.dtype,
                    caption_tokens: int = CAPTION_TOKENS, answer_tokens: int = ANSWER_TOKENS) -> tuple:
     """(video, text, question, answer) of a training step: `batch` clips of `frames` frames at the model's size,
-    token ids from the middle of the vocabulary, every token real (all-ones masks)."""
+    token ids from the middle of the vocabulary, every token real (all-ones masks). (video, text) for a model without
+    its BridgeFormer (`cfg.bridge` false: a fine-tuning step)."""
     size = cfg.video.img_size
     video = torch.zeros(batch, frames, 3, size, size, device=device, dtype=dtype)
 
@@ -38,6 +39,8 @@ def example_inputs(cfg, batch: int, frames: int, device: torch.device | str, dty
         ids = torch.full((batch, length), 1000, device=device, dtype=torch.long)
         return Tokens(ids, torch.ones_like(ids))
 
+    if not cfg.bridge:
+        return video, tokens(caption_tokens)
     return video, tokens(caption_tokens), tokens(caption_tokens), tokens(answer_tokens)
 
 

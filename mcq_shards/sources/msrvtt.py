@@ -2,8 +2,11 @@
 
 ``--split test`` gives exactly the 1,000 standard 1k-A pairs: the videos of
 ``val_list_jsfusion.txt``, each with the one caption that ``jsfusion_val_caption_idx.pkl`` picks
-from its captions in ``MSR_VTT.json`` order. ``--split train`` gives the 9,000 videos of
-``train_list_jsfusion.txt`` with all their captions (the loader draws one per step, as the original).
+from its captions in ``MSR_VTT.json`` order. The two training splits papers fine-tune on keep all of a
+video's captions (fine-tuning draws one per step, as the original): ``--split train`` the 9,000 videos of
+``train_list_jsfusion.txt`` ("Training-9K"), ``--split train7k`` the 7,010 videos of the official training and
+validation splits ("Training-7K": ``train_list_full.txt`` + ``val_list_full.txt``, or CLIP4Clip's
+``MSRVTT_train.7k.csv``).
 
 Files are looked up in the published layout (``annotation/``, ``high-quality/structured-symlinks/``)
 and, failing that, at the top of the root, where several repackagings put them.
@@ -22,8 +25,12 @@ from typing import Iterator
 from mcq_shards.sources import Row, escapes, make_key
 from mcq_shards.tables import InputError, read_json, read_lines, read_table
 
-SPLIT_LISTS = {"train": "train_list_jsfusion.txt", "test": "val_list_jsfusion.txt"}
+SPLITS = ("test", "train", "train7k")
+SPLIT_LISTS = {"train": ("train_list_jsfusion.txt",), "test": ("val_list_jsfusion.txt",),
+               "train7k": ("train_list_full.txt", "val_list_full.txt")}
+CLIP4CLIP_7K = "MSRVTT_train.7k.csv"
 CAPTION_INDEX = "jsfusion_val_caption_idx.pkl"
+TEST_SIZE = 1000
 
 
 def find(root: Path, name: str, *subdirs: str) -> Path:
@@ -40,30 +47,45 @@ def read(root: Path, split: str, annotations: Path | None = None, split_list: Pa
     """`outside_paths` reads video ids that lead out of the video folder instead of rejecting them."""
     lists = ("high-quality/structured-symlinks",)
     annotations = annotations or find(root, "MSR_VTT.json", "annotation")
-    split_list = split_list or find(root, SPLIT_LISTS[split], *lists)
     videos = videos or root / "videos" / "all"
     captions = captions_by_video(annotations)
     chosen = None
     if split == "test":
         chosen = read_caption_index(caption_index or find(root, CAPTION_INDEX, *lists))
-    for line, video_id in enumerate(read_lines(split_list), start=1):
+    for list_file, line, video_id in _listed_videos(root, split, split_list, lists):
         all_captions = captions.get(video_id)
         if not all_captions:
-            raise InputError(split_list, line, 1, f"{video_id} has no caption in {annotations}")
+            raise InputError(list_file, line, 1, f"{video_id} has no caption in {annotations}")
         extra = {"split": split}
         if split == "test":
             if video_id not in chosen:
-                raise InputError(split_list, line, 1, f"{video_id} has no entry in the caption index")
+                raise InputError(list_file, line, 1, f"{video_id} has no entry in the caption index")
             index = chosen[video_id]
             if not 0 <= index < len(all_captions):
-                raise InputError(split_list, line, 1,
+                raise InputError(list_file, line, 1,
                                  f"caption index {index} for {video_id} is out of range (it has {len(all_captions)})")
             caption = all_captions[index]
         else:
             caption, extra["captions"] = all_captions[0], all_captions
         yield Row(source="msrvtt", key=make_key("msrvtt", video_id), id=video_id, caption=caption,
-                  media=str(videos / f"{video_id}.mp4"), kind="video", where=f"{split_list}:{line}", extra=extra,
+                  media=str(videos / f"{video_id}.mp4"), kind="video", where=f"{list_file}:{line}", extra=extra,
                   reject=None if outside_paths else escapes(f"{video_id}.mp4"))
+
+
+def _listed_videos(root: Path, split: str, split_list: Path | None, lists: tuple[str, ...]
+                   ) -> Iterator[tuple[Path, int, str]]:
+    """(list file, line, video id) of every video of the split, from ``--split-list``, the split's list files, or
+    for ``train7k`` CLIP4Clip's CSV (``video_id`` column) when that is what the root holds."""
+    if split_list is None and split == "train7k" and not any((root / d / SPLIT_LISTS[split][0]).is_file()
+                                                             for d in lists + ("",)):
+        split_list = find(root, CLIP4CLIP_7K, "msrvtt_data")
+    if split_list is not None and split_list.suffix.lower() == ".csv":
+        for line, r in read_table(split_list, ["video_id"]):
+            yield split_list, line, r["video_id"].strip()
+        return
+    for path in [split_list] if split_list else [find(root, name, *lists) for name in SPLIT_LISTS[split]]:
+        for line, video_id in enumerate(read_lines(path), start=1):
+            yield path, line, video_id
 
 
 def captions_by_video(path: Path) -> dict[str, list[str]]:
