@@ -29,6 +29,8 @@ COMMANDS = {
     "serve": ("mcq_ds.serve.app", "a local search server and web page over extracted video embeddings"),
     "export-onnx": ("mcq_ds.serve.onnx_export", "the text and video encoders as two ONNX files + the tokenizer"),
     "tracking-replay": ("mcq_ds.tracking", "push a run's local tracking record (tracking.jsonl) into MLflow"),
+    "ablation": ("mcq_ds.bench.ablation", "the demo curriculum with and without MCQ over seeds: held-out retrieval "
+                 "and the motion probe"),
 }
 # benchmarks: `mcq-ds bench NAME ...`, each module's own `main(argv)`
 BENCHMARKS = {

@@ -126,20 +126,26 @@ class MCQLossOutput(NamedTuple):
 
 
 class MCQLoss(nn.Module):
-    """MCQ pre-training objective: L(text, video) + L(answer, bridge), weights 1:1, fixed τ.
+    """MCQ pre-training objective: L(text, video) + w·L(answer, bridge), fixed τ; the paper's w = 1.
 
     Rows of the MCQ term are answers and columns bridge outputs, so every other sample's answer in
     the global batch is a wrong choice. Embeddings may be bf16; the loss is computed in fp32.
-    Without answer and bridge (fine-tuning, the BridgeFormer dropped) it is L(text, video) alone,
-    and ``loss_mcq`` is zero.
+    With ``mcq_weight`` 0 (the paper's baseline), or without answer and bridge (fine-tuning, the
+    BridgeFormer dropped), it is L(text, video) alone, and ``loss_mcq`` is zero.
     """
 
     def __init__(
-        self, temperature: float = DEFAULT_TEMPERATURE, group: dist.ProcessGroup | None = None
+        self,
+        temperature: float = DEFAULT_TEMPERATURE,
+        group: dist.ProcessGroup | None = None,
+        mcq_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if mcq_weight < 0:
+            raise ValueError(f"the MCQ loss weight must not be negative, got {mcq_weight}")
         self.temperature = temperature
         self.group = group
+        self.mcq_weight = mcq_weight
 
     def forward(
         self,
@@ -149,7 +155,52 @@ class MCQLoss(nn.Module):
         bridge: torch.Tensor | None = None,
     ) -> MCQLossOutput:
         loss_vt = distributed_info_nce(text, video, self.temperature, self.group)
-        if answer is None and bridge is None:
+        if self.mcq_weight == 0 or (answer is None and bridge is None):
             return MCQLossOutput(loss_vt, loss_vt, torch.zeros_like(loss_vt))
         loss_mcq = distributed_info_nce(answer, bridge, self.temperature, self.group)
-        return MCQLossOutput(loss_vt + loss_mcq, loss_vt, loss_mcq)
+        return MCQLossOutput(loss_vt + self.mcq_weight * loss_mcq, loss_vt, loss_mcq)
+
+
+class MCQChoices(NamedTuple):
+    """How this rank's samples answered their questions, for the answer-accuracy metric.
+
+    ``correct[i]``: sample i's bridge embedding is most similar to an answer of the global batch whose
+    text equals its own (identical answers, "is spinning" asked of two clips, are the same choice).
+    ``chance[i]``: the share of the global batch's answers equal to its own, i.e. how often a uniform
+    random pick would be correct; its mean is the chance level of the accuracy.
+    """
+
+    correct: torch.Tensor
+    chance: torch.Tensor
+
+
+def answer_keys(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One int64 per answer, equal for equal token sequences (whatever the padding), different
+    otherwise with overwhelming probability: a fixed random linear hash of the unpadded ids."""
+    weights = torch.randint(1, 2**62, (ids.shape[1],), generator=torch.Generator().manual_seed(0))
+    return ((ids.long() + 1) * mask.long() * weights.to(ids.device)).sum(1)  # int64 wraps: still a hash
+
+
+@torch.no_grad()
+def mcq_choices(
+    answer: torch.Tensor,
+    bridge: torch.Tensor,
+    keys: torch.Tensor,
+    group: dist.ProcessGroup | None = None,
+) -> MCQChoices:
+    """Which answer each of this rank's bridge embeddings picks among all ranks' answers (the
+    choices the MCQ loss's bridge→answer term scores), judged by ``keys`` (``answer_keys``)."""
+    answer, bridge = l2_normalise(answer), l2_normalise(bridge)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+        world = dist.get_world_size(group)
+        answers = [torch.empty_like(answer) for _ in range(world)]
+        all_keys = [torch.empty_like(keys) for _ in range(world)]
+        dist.all_gather(answers, answer.contiguous(), group=group)
+        dist.all_gather(all_keys, keys.contiguous(), group=group)
+        answer, keys_all = torch.cat(answers), torch.cat(all_keys)
+    else:
+        keys_all = keys
+    with torch.autocast(device_type=bridge.device.type, enabled=False):
+        picks = (bridge @ answer.T).argmax(1)
+    same = keys[:, None] == keys_all[None, :]
+    return MCQChoices(keys_all[picks] == keys, same.double().mean(1))

@@ -2,9 +2,17 @@
 
 The README's main command has to convert and train on *something* without downloading anything, and
 what it trains on should make the MCQ pretext task meaningful: noun questions ("what is red?") must be
-answerable from a single frame, verb questions ("what does the square do?") only from several frames
-in order. So every clip is one coloured shape on a textured background that moves, grows, shrinks or
-spins, and its caption names all of that ("a red square is moving to the left on a striped background").
+answerable from a single frame, verb questions ("what does the square do?") only from several frames.
+So every clip is one coloured shape on a textured background that rests, sways, bobs, orbits, spins or
+pulses, and its caption names all of that ("a red square is swaying on a striped background").
+
+The motions are the ones MCQ's VideoFormer can see. It has no temporal position and its frames meet only
+in the [CLS] token, so it sees a clip's frames as an unordered set: "moving left" and "moving right" (or
+growing and shrinking) are the same set of frames, and no verb question about them can be answered. Each
+motion here differs from the others in the set of frames it leaves (the positions on a horizontal line, a
+vertical line or a circle, the orientations, the sizes, or one pose repeated), while any single frame of
+it could come from any motion. Each motion has one wording, a verb phrase the offline parser takes whole
+("is swaying"), so a verb question masks all of the motion and nothing else names it.
 Some (colour, shape, motion) combinations never occur in training and make up the MSR-VTT-style test
 split, so zero-shot retrieval measures composition, not memorisation.
 
@@ -49,17 +57,17 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (250, 135, 25),
 }
 
-# Motion key -> paraphrases of the verb phrase; the first one is the canonical wording. Progressive
-# forms because spaCy's small English model, which finds the verb phrases for MCQ's verb questions,
-# tags "a red square moves" as a noun compound about half the time, and "is moving" as a verb always.
-MOTIONS: dict[str, tuple[str, ...]] = {
-    "left": ("is moving to the left", "is sliding to the left", "is drifting to the left"),
-    "right": ("is moving to the right", "is sliding to the right", "is drifting to the right"),
-    "up": ("is moving up", "is rising", "is floating upward"),
-    "down": ("is moving down", "is sinking", "is falling"),
-    "grow": ("is growing", "is expanding", "is swelling"),
-    "shrink": ("is shrinking", "is contracting", "is dwindling"),
-    "spin": ("is spinning", "is rotating", "is turning"),
+# Motion key -> its verb phrase. Progressive forms because spaCy's small English model, which finds the
+# verb phrases for MCQ's verb questions, tags "a red square sways" as a noun compound in many wordings,
+# and "is swaying" as a verb always; no words after the verb, since the parser's verb phrase would leave
+# them out of the question's mask ("is moving" of "is moving to the left").
+MOTIONS: dict[str, str] = {
+    "rest": "is resting",  # the same pose in every frame
+    "sway": "is swaying",  # side to side: positions on a horizontal line
+    "bob": "is bobbing",  # up and down: positions on a vertical line
+    "orbit": "is orbiting",  # around a circle
+    "spin": "is spinning",  # turning in place
+    "pulse": "is pulsing",  # growing and shrinking in place
 }
 
 # Texture key -> (modifier, noun phrase) for "on a striped background" / "against stripes". Not
@@ -70,6 +78,11 @@ BACKGROUNDS: dict[str, tuple[str, str]] = {
     "checkerboard": ("checkerboard", "a checkerboard"),
     "speckles": ("speckled", "speckles"),
 }
+
+# Background pattern -> the hue of its muted tones. A tiny ViT trained from scratch tells two colours apart within
+# a few dozen steps but needs hundreds to tell patterns apart; with a tint of its own, the background is as quick to
+# learn as the shape's colour, and what stays hard is what needs more than colour: the shape, and the motion.
+TINTS: dict[str, float] = {"stripes": 0.6, "dots": 0.08, "checkerboard": 0.35, "speckles": 0.85}
 
 # A spinning circle looks still, so that combination is never rendered.
 EXCLUDED: frozenset[tuple[str, str]] = frozenset({("circle", "spin")})
@@ -89,8 +102,10 @@ IMAGE_TEMPLATES = (
     "a picture of {a} {colour} {shape} on {noun}",
 )
 
-SHAPE_RADIUS = 0.15  # radius of a circle of the common shape area, as a fraction of the frame side
-MOVE_DISTANCE = 0.4  # how far a translating shape travels, as a fraction of the frame side
+SHAPE_RADIUS = 0.19  # radius of a circle of the common shape area, as a fraction of the frame side
+SWING = 0.2  # amplitude of swaying, bobbing and orbiting, as a fraction of the frame side
+SCALES = (0.8, 1.2)  # the shape's size range; pulsing sweeps 0.7-1.3, so one frame's size says little
+PULSE = 0.3
 IMAGE_SIZES = ((1.0, 1.0), (4 / 3, 1.0), (1.0, 4 / 3))  # (width, height) factors: CC3M is not square
 
 
@@ -199,8 +214,34 @@ class Texture:
 
 
 @dataclass(frozen=True)
+class Trajectory:
+    """Where the shape is over a clip: a centre pose and one motion, a single period of it per clip."""
+
+    centre: Pose
+    motion: str = "rest"  # a MOTIONS key
+    amplitude: float = 0.0  # pixels (sway, bob, orbit), scale (pulse), radians over the clip (spin)
+    phase: float = 0.0  # where in its period the motion starts, in periods
+
+    def at(self, t: float) -> Pose:
+        """The pose at time t of the clip, 0 (first frame) to 1 (last)."""
+        x, y, scale, angle = self.centre
+        wave = 2 * math.pi * (t + self.phase)
+        if self.motion == "sway":
+            x += self.amplitude * math.sin(wave)
+        elif self.motion == "bob":
+            y += self.amplitude * math.sin(wave)
+        elif self.motion == "orbit":
+            x, y = x + self.amplitude * math.cos(wave), y + self.amplitude * math.sin(wave)
+        elif self.motion == "pulse":
+            scale += self.amplitude * math.sin(wave)
+        elif self.motion == "spin":
+            angle += self.amplitude * t
+        return Pose(x, y, scale, angle)
+
+
+@dataclass(frozen=True)
 class Scene:
-    """One shape on one background, moving linearly from start to end pose over `frames` frames."""
+    """One shape on one background, following `trajectory` over `frames` frames."""
 
     colour: RGB
     shape: str
@@ -208,8 +249,7 @@ class Scene:
     width: int
     height: int
     frames: int
-    start: Pose
-    end: Pose
+    trajectory: Trajectory
 
     def render(self) -> np.ndarray:
         """(T, H, W, 3) uint8 frames with an anti-aliased shape edge.
@@ -222,7 +262,7 @@ class Scene:
         outline = SHAPES[self.shape]
         frames = np.repeat(np.rint(background).astype(np.uint8)[None], self.frames, axis=0)
         for frame, t in zip(frames, np.linspace(0.0, 1.0, self.frames)):
-            x, y, scale, angle = (a + (b - a) * t for a, b in zip(self.start, self.end))
+            x, y, scale, angle = self.trajectory.at(t)
             unit = SHAPE_RADIUS * min(self.width, self.height) * scale  # pixels per outline unit
             reach = outline.extent * unit + 1
             top, bottom = max(0, math.floor(y - reach)), min(self.height, math.ceil(y + reach))
@@ -278,12 +318,13 @@ def hold_out(rng: np.random.Generator, count: int = HELD_OUT) -> list[Combo]:
 
 
 def _texture(rng: np.random.Generator, kind: str, side: int) -> Texture:
-    """Muted, low-saturation tones, so that no background can be mistaken for a named colour."""
-    hue, saturation = rng.random(), rng.uniform(0.0, 0.3)
+    """Muted, low-saturation tones, so that no background can be mistaken for a named colour; each pattern keeps to
+    its own tint (TINTS), so a background can be told from one patch's colour as well as from its pattern."""
+    hue, saturation = (TINTS[kind] + rng.uniform(-0.04, 0.04)) % 1, rng.uniform(0.15, 0.3)
     low = rng.uniform(0.15, 0.35)
-    tones = (low, low + rng.uniform(0.12, 0.25))
+    tones = (low, low + rng.uniform(0.2, 0.35))
     colours = tuple(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, v)) for v in tones)
-    return Texture(kind, colours, period=side * rng.uniform(0.08, 0.15), angle=rng.uniform(0, math.pi),
+    return Texture(kind, colours, period=side * rng.uniform(0.12, 0.2), angle=rng.uniform(0, math.pi),
                    offset=(rng.uniform(0, side), rng.uniform(0, side)), seed=int(rng.integers(2**31)))
 
 
@@ -291,32 +332,20 @@ def _tint(rng: np.random.Generator, colour: str) -> RGB:
     return tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in COLOURS[colour])
 
 
-def _clip_poses(rng: np.random.Generator, shape: str, motion: str, side: int) -> tuple[Pose, Pose]:
-    """Start and end pose; the motion spans the whole clip and keeps the shape inside the frame."""
+def _trajectory(rng: np.random.Generator, shape: str, motion: str, side: int) -> Trajectory:
+    """The shape's path: one period of its motion over the clip, from a random phase, inside the frame."""
     outline = SHAPES[shape]
     angle = rng.uniform(0, outline.symmetry)
-    if motion in ("grow", "shrink"):
-        small, big = rng.uniform(0.55, 0.7), rng.uniform(1.3, 1.45)
-        scales = (small, big) if motion == "grow" else (big, small)
-    else:
-        scale = rng.uniform(0.8, 1.1)
-        scales = (scale, scale)
-    margin = outline.extent * SHAPE_RADIUS * side * max(scales) + 1
-    x, y = (rng.uniform(margin, side - margin) for _ in range(2))
-    start, end = Pose(x, y, scales[0], angle), Pose(x, y, scales[1], angle)
-    if motion == "spin":
-        # About one and a half symmetry periods: first and last frame differ most, and no two of a
-        # few evenly spaced frames show the same orientation.
-        turn = rng.uniform(1.35, 1.65) * outline.symmetry * rng.choice((-1, 1))
-        end = end._replace(angle=angle + turn)
-    elif motion in ("left", "right", "up", "down"):
-        distance = min(MOVE_DISTANCE * side, side - 2 * margin)
-        sign = -1 if motion in ("left", "up") else 1
-        axis = "x" if motion in ("left", "right") else "y"
-        first = rng.uniform(margin + (sign < 0) * distance, side - margin - (sign > 0) * distance)
-        start = start._replace(**{axis: first})
-        end = end._replace(**{axis: first + sign * distance})
-    return start, end
+    scale = 1.0 if motion == "pulse" else rng.uniform(*SCALES)
+    margin = outline.extent * SHAPE_RADIUS * side * (scale + PULSE * (motion == "pulse")) + 1
+    reach = min(SWING * side, (side - 2 * margin) / 2) if motion in ("sway", "bob", "orbit") else 0.0
+    across = reach if motion in ("sway", "orbit") else 0.0
+    along = reach if motion in ("bob", "orbit") else 0.0
+    x, y = (margin + a + rng.uniform(0, 1) * max(0.0, side - 2 * (margin + a)) for a in (across, along))
+    amplitude = {"sway": reach, "bob": reach, "orbit": reach, "pulse": PULSE,
+                 # about one and a half symmetry periods: no two of a few evenly spaced frames look alike
+                 "spin": rng.uniform(1.35, 1.65) * outline.symmetry * rng.choice((-1, 1))}.get(motion, 0.0)
+    return Trajectory(Pose(x, y, scale, angle), motion, amplitude, rng.uniform(0, 1))
 
 
 @dataclass(frozen=True)
@@ -333,14 +362,11 @@ def plan_clip(rng: np.random.Generator, combo: Combo, background: str, side: int
     """Plan one clip of 2-4 s: its scene, and n_captions captions that differ in wording."""
     colour, shape, motion = combo
     seconds = int(rng.integers(2, 5))
-    start, end = _clip_poses(rng, shape, motion, side)
     scene = Scene(_tint(rng, colour), shape, _texture(rng, background, side), side, side,
-                  seconds * fps, start, end)
-    # Distinct template and distinct verb wording for each caption of the same clip.
+                  seconds * fps, _trajectory(rng, shape, motion, side))
+    # A distinct template for each caption of the same clip.
     templates = rng.permutation(len(VIDEO_TEMPLATES))[:n_captions]
-    wordings = rng.permutation(len(MOTIONS[motion]))[:n_captions]
-    captions = tuple(_caption(VIDEO_TEMPLATES[t], colour, shape, background, MOTIONS[motion][w])
-                     for t, w in zip(templates, wordings))
+    captions = tuple(_caption(VIDEO_TEMPLATES[t], colour, shape, background, MOTIONS[motion]) for t in templates)
     return Clip(seconds, scene, captions)
 
 
@@ -354,12 +380,12 @@ def _plan_image(rng: np.random.Generator, side: int) -> tuple[Scene, str]:
     background = _any_background(rng)
     fw, fh = IMAGE_SIZES[rng.integers(len(IMAGE_SIZES))]
     width, height = 2 * round(side * fw / 2), 2 * round(side * fh / 2)
-    scale = rng.uniform(0.7, 1.3)
+    scale = rng.uniform(*SCALES)
     margin = SHAPES[shape].extent * SHAPE_RADIUS * min(width, height) * scale + 1
     pose = Pose(rng.uniform(margin, width - margin), rng.uniform(margin, height - margin), scale,
                 rng.uniform(0, SHAPES[shape].symmetry))
     scene = Scene(_tint(rng, colour), shape, _texture(rng, background, min(width, height)), width,
-                  height, 1, pose, pose)
+                  height, 1, Trajectory(pose))
     caption = _caption(IMAGE_TEMPLATES[rng.integers(len(IMAGE_TEMPLATES))], colour, shape, background)
     return scene, caption
 
@@ -509,7 +535,7 @@ def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int =
         "vocabulary": {
             "colours": list(COLOURS),
             "shapes": list(SHAPES),
-            "motions": {k: list(v) for k, v in MOTIONS.items()},
+            "motions": dict(MOTIONS),
             "backgrounds": {k: {"modifier": m, "noun": n} for k, (m, n) in BACKGROUNDS.items()},
         },
         "never_rendered": [list(pair) for pair in sorted(EXCLUDED)],
@@ -578,8 +604,8 @@ def _run_jobs(jobs: list[tuple[Path, Scene, int]], workers: int | None, progress
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `mcq-shards synth`; mcq_shards/cli.py registers them on its subparser."""
     parser.description = (
-        "Render the embedded demo data set: coloured shapes on textured backgrounds that move, grow, "
-        "shrink or spin, with captions that name them. Writes raw data in the published layouts: "
+        "Render the embedded demo data set: coloured shapes on textured backgrounds that rest, sway, bob, "
+        "orbit, spin or pulse, with captions that name them. Writes raw data in the published layouts: "
         "OUT/webvid (results_train.csv + videos/<page_dir>/<videoid>.mp4), OUT/cc3m "
         "(Train_GCC-training.tsv + img2dataset-named JPEGs), OUT/msrvtt (MSR_VTT.json, 1k-A and 7k split "
         "files, videos/all), small OUT/msvd, OUT/lsmdc and OUT/didemo sets and OUT/synth.json. Held-out "

@@ -45,6 +45,12 @@ def losses(out: Path) -> dict[int, float]:
     return found
 
 
+def metrics(out: Path) -> dict[int, dict[str, float]]:
+    """Every metric per step from the run's local tracking record."""
+    return {e["step"]: e["metrics"] for e in map(json.loads, (out / "tracking.jsonl").read_text().splitlines())
+            if e["event"] == "metrics"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,6 +76,9 @@ def test_killed_run_resumes_with_the_same_batches_and_losses(demo_shards, tmp_pa
     resumed = finish(mcq_ds(*train_args(demo_shards, tmp_path / "killed", *steps)))
     assert "resumed from" in resumed and "step00000003" in resumed
     straight, killed = losses(tmp_path / "straight"), losses(tmp_path / "killed")
+    logged = metrics(tmp_path / "straight")[8]  # noun questions only in this stage: their accuracy and its chance
+    assert 0 <= logged["mcq_accuracy_noun"] <= 100 and 100 / 8 <= logged["mcq_chance_noun"] <= 100
+    assert "mcq_accuracy_verb" not in logged
     assert sorted(straight) == list(range(1, 9)) and set(killed) >= set(range(4, 9))
     for step in range(4, 9):
         assert killed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-6), step
@@ -135,3 +144,36 @@ def test_short_training_run_through_the_dali_loader(demo_shards, tmp_path):
     assert all(0 < loss < 50 for loss in losses(out).values())
     own = torch.load(out / "checkpoints/step00000002/rank0.pt", weights_only=True)
     assert set(own["loaders"]) == {"cc3m", "webvid"}  # the DALI readers' positions travel with the checkpoint
+
+
+def test_mcq_weight_zero_trains_the_dual_encoder_alone(demo_shards, tmp_path):
+    """--mcq-weight 0, the paper's baseline: the BridgeFormer is never run, so its weights leave as they came. With
+    --frozen-text-layers the fixed layers, which the ZeRO checkpoint does not hold, are exported as they came too."""
+    finish(mcq_ds("init", "-o", str(tmp_path / "init"), "--preset", "tiny"))
+    out = tmp_path / "run"
+    finish(mcq_ds(*train_args(demo_shards, out, "--init", str(tmp_path / "init"), "--mcq-weight", "0",
+                              "--max-steps", "2", "--frozen-text-layers", "1",
+                              "--ds-config", "cpu_fp32.json")))  # fp32 weights: untouched ones stay bit-equal
+    before, after = load_file(tmp_path / "init/model.safetensors"), load_file(out / "model/model.safetensors")
+    assert set(before) == set(after)
+    bridge = [k for k in before if k.startswith(("bridge_model.", "bridge_proj."))]
+    assert bridge and all(torch.equal(before[k], after[k]) for k in bridge)
+    fixed = [k for k in before if k.startswith("text_model.") and ("embeddings." in k or ".layer.0." in k)]
+    assert fixed and all(torch.equal(before[k], after[k]) for k in fixed)
+    assert not torch.equal(before["text_model.encoder.transformer.layer.1.ffn.lin1.weight"],
+                           after["text_model.encoder.transformer.layer.1.ffn.lin1.weight"])
+    assert not torch.equal(before["video_proj.weight"], after["video_proj.weight"])
+    logged = metrics(out)
+    assert sorted(logged) == [1, 2] and all("loss_mcq" not in m and "mcq_accuracy_noun" not in m
+                                            for m in logged.values())
+    assert all(m["loss"] == m["loss_vt"] for m in logged.values())
+    assert json.loads((out / "config.json").read_text())["mcq_weight"] == 0
+    params = next(json.loads(l) for l in (out / "tracking.jsonl").read_text().splitlines()
+                  if json.loads(l)["event"] == "params")["params"]
+    assert float(params["train.mcq_weight"]) == 0  # in MLflow beside the other options
+
+
+def test_negative_mcq_weight_is_refused(demo_shards, tmp_path):
+    proc = mcq_ds(*train_args(demo_shards, tmp_path / "run", "--mcq-weight", "-1"))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "--mcq-weight must be 0 (no MCQ) or positive" in out

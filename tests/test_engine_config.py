@@ -8,7 +8,7 @@ from mcq_ds.engine import checkpoints, optim
 from mcq_ds.engine.config import DS_CONFIGS, add_arguments, resolve
 from mcq_ds.engine.schedule import step_decay, warmup_cosine
 from mcq_ds.engine.stages import STAGES
-from mcq_ds.engine.train import deepspeed_config, steps_plan
+from mcq_ds.engine.train import deepspeed_config, param_groups, steps_plan
 
 
 def parse(*argv: str):
@@ -23,6 +23,45 @@ def test_stage_presets_reproduce_the_original_recipe():
         (1, ("cc3m", "webvid"), 2048, 1e-4, 20, (12, 16))
     assert (noun.frames, noun.question_type, noun.global_batch, noun.lr, noun.milestones) == (4, "noun", 800, 3e-5, (6, 8))
     assert (verb.frames, verb.question_type, verb.global_batch, verb.lr, verb.milestones) == (4, "verb", 800, 1e-5, (6, 8))
+
+
+def test_stage_recipe_fills_schedule_and_text_lr_unless_given():
+    paper = parse("--stage", "4f-noun", "--data", "webvid=/s")
+    assert (paper.schedule, paper.warmup_steps, paper.text_lr, paper.frozen_text_layers) == ("step", 0, None, 0)
+    demo = STAGES["demo-4f-verb"]
+    cfg = parse("--stage", "demo-4f-verb", "--data", "webvid=/s")
+    assert (cfg.schedule, cfg.warmup_steps, cfg.text_lr) == (demo.schedule, demo.warmup_steps, demo.text_lr)
+    cfg = parse("--stage", "demo-4f-verb", "--data", "webvid=/s", "--schedule", "step", "--text-lr", "0.5")
+    assert (cfg.schedule, cfg.text_lr) == ("step", 0.5)
+
+
+def test_text_lr_puts_the_text_tower_in_its_own_optimizer_group():
+    from mcq_ds.model import create_model, preset
+
+    model = create_model(preset("tiny"))
+    one = param_groups(model, parse("--stage", "4f-noun", "--data", "webvid=/s"))
+    assert len(one) == 1 and len(one[0]["params"]) == len(list(model.parameters()))
+    rest, text = param_groups(model, parse("--stage", "4f-noun", "--data", "webvid=/s", "--text-lr", "2e-6"))
+    assert text["lr"] == 2e-6 and "lr" not in rest  # the rest takes the optimizer's --lr
+    assert {id(p) for p in text["params"]} == {id(p) for p in model.text_model.parameters()}
+    assert len(rest["params"]) + len(text["params"]) == len(list(model.parameters()))
+    assert any(p is model.text_proj[1].weight for p in rest["params"])  # the text head learns at --lr
+
+
+@pytest.mark.parametrize("family", ["tiny", "clip-tiny"])
+def test_frozen_text_layers_leave_the_optimizer(family):
+    from mcq_ds.model import create_model, preset
+
+    model = create_model(preset(family))
+    model.text_model.freeze_lower(1)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("text_model.") for n in frozen)
+    assert any("embedding" in n for n in frozen) and not any(".1." in n for n in frozen)  # embeddings + layer 0
+    rest, text = param_groups(model, parse("--stage", "4f-noun", "--data", "webvid=/s", "--text-lr", "1e-6"))
+    assert all(p.requires_grad for p in rest["params"] + text["params"])
+    assert len(rest["params"]) + len(text["params"]) + len(frozen) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="cannot freeze 9 text layers"):
+        model.text_model.freeze_lower(9)
 
 
 def test_config_layers_stage_then_file_then_flags(tmp_path):

@@ -18,7 +18,9 @@ from PIL import Image
 from mcq_ds.eval import retrieval
 from mcq_ds.eval.checkpoint import load_model
 from mcq_ds.eval.data import ClipSpec, clip_tensor, eval_transform, window_frames
+from mcq_ds.eval.embed import embed_texts
 from mcq_ds.eval.extract import read_ids
+from mcq_ds.eval.probe import motion_probe
 from mcq_ds.eval.reader import eval_samples, rank_share
 from mcq_ds.model import MCQ, create_model, create_tokenizer, load_tokenizer, save_pretrained
 from mcq_ds.model.loading import mcq_to_original
@@ -88,6 +90,7 @@ def test_one_and_two_ranks_give_the_same_numbers(demo, tmp_path):
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert one["protocol"]["videos"] == two["protocol"]["videos"] == VIDEOS
     assert one["metrics"] == two["metrics"]
+    assert one["motion_probe"] == two["motion_probe"]
     for kind in ("video", "text"):
         assert read_ids(tmp_path / "one" / f"{kind}_ids.txt") == read_ids(tmp_path / "two" / f"{kind}_ids.txt")
         a, b = (np.load(tmp_path / n / f"{kind}_embeddings.npy") for n in ("one", "two"))
@@ -111,6 +114,38 @@ def test_results_go_next_to_the_checkpoint_and_into_mlflow(demo):
     assert run.data.metrics["t2v/R1"] == pytest.approx(t2v["R@1"])
     assert run.data.metrics["v2t/MedR"] == pytest.approx(results["metrics"]["v2t"]["MedR"])
     assert run.data.params["protocol.frames"] == "4"
+    probe = results["motion_probe"]  # every demo caption carries one verb phrase
+    assert probe["queries"] == VIDEOS and probe["verbs"] >= 2 and probe["chance"] == pytest.approx(100 / probe["verbs"])
+    assert run.data.metrics["motion_probe/accuracy"] == pytest.approx(probe["accuracy"])
+    assert run.data.metrics["motion_probe/chance"] == pytest.approx(probe["chance"])
+
+
+def verb_span(caption: str, verb: str) -> list[dict]:
+    start = caption.index(verb)
+    return [{"text": verb, "start": start, "end": start + len(verb)}]
+
+
+def test_motion_probe_ranks_each_caption_against_its_verb_swaps(demo):
+    """With the caption's own text embedding standing in for its video, the caption must win every time; with a
+    verb-swapped caption's embedding, never. Captions without a verb phrase are counted, not probed."""
+    loaded = load_model(demo / "model", bridge=False)
+    model, tokenizer, cpu = loaded.model, loaded.tokenizer, torch.device("cpu")
+    verbs = ["is spinning", "is sliding", "is pulsing", "is resting"]
+    captions = ["a red square is spinning on dots", "a blue star is sliding against stripes",
+                "on dots, a white cross is pulsing", "a green circle is resting"]
+    phrases = [(c, verb_span(c, v)) for c, v in zip(captions, verbs)] + [("a yellow star on dots", [])]
+    own = embed_texts(model, tokenizer, [c for c, _ in phrases], cpu)
+    probe = motion_probe(model, tokenizer, own, phrases, cpu)
+    assert probe["accuracy"] == 100 and probe["chance"] == 25 and probe["verbs"] == 4
+    assert probe["queries"] == 4 and probe["videos_without_verb"] == 1 and probe["phrases_not_candidates"] == 0
+    swapped = [c.replace(v, verbs[(i + 1) % 4]) for i, (c, v) in enumerate(zip(captions, verbs))]
+    shown = embed_texts(model, tokenizer, swapped + ["a yellow star on dots"], cpu)
+    assert motion_probe(model, tokenizer, shown, phrases, cpu)["accuracy"] == 0
+    # K = 2: the two most frequent verb phrases (here: the first two seen); the others are left out and counted
+    two = motion_probe(model, tokenizer, own, phrases, cpu, max_verbs=2)
+    assert two["candidates"] == verbs[:2] and two["queries"] == 2 and two["phrases_not_candidates"] == 2
+    assert two["chance"] == 50
+    assert "not_run" in motion_probe(model, tokenizer, own[:1], phrases[:1], cpu)
 
 
 def test_all_captions_and_sliding_window_with_workers(demo, tmp_path):

@@ -97,7 +97,7 @@ def test_recomputed_probabilities_give_the_models_own_cross_attention(trained):
     assert all(not h._forward_hooks for h in (b.cross_attn for b in model.bridge_model.blocks))  # hooks removed
 
 
-def test_visualize_writes_a_figure_of_the_right_size_with_non_uniform_heat(trained, tmp_path):
+def test_visualize_writes_a_figure_of_the_right_size_with_non_uniform_heat(trained, tmp_path, capsys):
     root, _, video, meta = trained
     noun, verb = meta["nouns"][0]["text"], meta["verbs"][0]["text"]
     parser = argparse.ArgumentParser()
@@ -106,6 +106,7 @@ def test_visualize_writes_a_figure_of_the_right_size_with_non_uniform_heat(train
     args = parser.parse_args([str(root / "model"), str(video), meta["caption"], "--noun", noun, "--verb", verb,
                               "-o", str(out), "--cell", "64"])
     assert visualize.run(args) == 0
+    printed = capsys.readouterr().out
     image = Image.open(out)
     frames, rows, cell = 4, 3, 64  # the frames row + one row per question
     assert image.size == (frames * cell + (frames + 1) * visualize.PAD, rows * (visualize.LABEL + cell) + visualize.PAD)
@@ -116,6 +117,8 @@ def test_visualize_writes_a_figure_of_the_right_size_with_non_uniform_heat(train
     for maps in figure.heat:
         assert torch.allclose(maps.sum((-1, -2)), torch.ones(4), atol=1e-4)  # a distribution over each frame
         assert maps.max() > 1.2 * maps.mean()  # some patches draw clearly more attention than uniform
+    assert [round(p, 1) for p in figure.peaks] == [round(float(m.max() / m.mean()), 1) for m in figure.heat]
+    assert printed.count("x uniform") == 2 and f"peak {figure.peaks[0]:.1f}x uniform" in printed
     pixels = np.asarray(image).astype(int)
     first = pixels[visualize.PAD + visualize.LABEL:visualize.PAD + visualize.LABEL + cell]
     second_top = visualize.PAD + 2 * visualize.LABEL + cell

@@ -12,10 +12,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from mcq_ds.loss import MCQLoss, info_nce
+from mcq_ds.loss import MCQLoss, answer_keys, info_nce, mcq_choices
 
 WORLD = 2
 BATCH = 8
+KEYS = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])  # samples 1 and 3 have the same answer text
 
 
 def hand_info_nce(tau: float) -> float:
@@ -97,14 +98,16 @@ def distributed_step(rank: int, port: int, out_dir: str) -> None:
     try:
         model, inputs = setup_model()
         n = BATCH // WORLD
-        out = MCQLoss()(*model(inputs[rank * n : (rank + 1) * n]))
+        embeddings = model(inputs[rank * n : (rank + 1) * n])
+        out = MCQLoss()(*embeddings)
         out.loss.backward()
         grads = [p.grad for p in model.parameters()]
         terms = torch.stack([t.detach() for t in out])
         for tensor in [*grads, terms]:
             dist.all_reduce(tensor)
             tensor /= WORLD
-        torch.save({"terms": terms, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+        choices = mcq_choices(embeddings[2], embeddings[3], KEYS[rank * n : (rank + 1) * n])
+        torch.save({"terms": terms, "grads": grads, "choices": list(choices)}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -124,8 +127,46 @@ def test_two_ranks_match_one_process(tmp_path):
     (loss_vt + loss_mcq).backward()
     expected_terms = torch.stack([loss_vt + loss_mcq, loss_vt, loss_mcq]).detach()
 
+    expected = mcq_choices(answer, bridge, KEYS)
+    n = BATCH // WORLD
     for rank in range(WORLD):
         result = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(result["terms"], expected_terms, rtol=1e-12, atol=1e-12)
         for got, param in zip(result["grads"], model.parameters(), strict=True):
             torch.testing.assert_close(got, param.grad, rtol=1e-10, atol=1e-12)
+        correct, chance = result["choices"]  # each rank's samples chose among both ranks' answers
+        assert torch.equal(correct, expected.correct[rank * n : (rank + 1) * n])
+        torch.testing.assert_close(chance, expected.chance[rank * n : (rank + 1) * n])
+
+
+def test_mcq_weight_scales_the_mcq_term_and_zero_needs_no_bridge():
+    text, video, answer, bridge = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    full = MCQLoss()(text, video, answer, bridge)
+    half = MCQLoss(mcq_weight=0.5)(text, video, answer, bridge)
+    assert half.loss.item() == pytest.approx(full.loss_vt.item() + 0.5 * full.loss_mcq.item(), rel=1e-12)
+    assert half.loss_mcq.item() == pytest.approx(full.loss_mcq.item(), rel=1e-12)
+    alone = MCQLoss(mcq_weight=0)(text, video)
+    assert alone.loss.item() == pytest.approx(info_nce(text, video).item(), rel=1e-12)
+    assert alone.loss_mcq.item() == 0
+    with pytest.raises(ValueError, match="must not be negative"):
+        MCQLoss(mcq_weight=-1)
+
+
+def test_answer_choices_by_hand():
+    """Sample 0 and 2 have the same answer, so picking either of them is right for both."""
+    answer = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    bridge = torch.tensor([[0.9, 0.1], [1.0, 0.0], [0.0, 1.0]])  # right, wrong (picks 0), wrong (picks 1)
+    choices = mcq_choices(answer, bridge, torch.tensor([7, 8, 7]))
+    assert choices.correct.tolist() == [True, False, False]
+    assert choices.chance.tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 3])
+    # a bridge that copies its answer is always right, whatever the duplicates
+    assert mcq_choices(answer, answer + 0.01 * torch.randn(3, 2), torch.tensor([7, 8, 7])).correct.all()
+
+
+def test_answer_keys_ignore_padding_and_tell_answers_apart():
+    ids = torch.tensor([[101, 103, 2003, 102, 0, 0], [101, 103, 2003, 102, 0, 0], [101, 103, 2004, 102, 0, 0],
+                        [101, 103, 102, 0, 0, 0]])
+    mask = (ids != 0).long()
+    keys = answer_keys(ids, mask)
+    assert keys[0] == keys[1] and len(set(keys.tolist())) == 3
+    assert torch.equal(answer_keys(ids[:, :4], mask[:, :4]), keys)  # padded to another length: the same keys

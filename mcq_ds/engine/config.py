@@ -70,6 +70,10 @@ class TrainConfig:
                           "negative for every other (embeddings cached, each micro-batch's forward run twice) | micro: "
                           "negatives from one micro-batch of every rank (one forward)", ("global", "micro"))
     lr: float | None = _opt(None, "base learning rate (default: the stage's)")
+    text_lr: float | None = _opt(None, "learning rate of the text tower (default: the stage's; the paper's stages "
+                                 "train every part at --lr)")
+    frozen_text_layers: int | None = _opt(None, "keep the text tower's embeddings and first N layers fixed (default: "
+                                          "the stage's; 0, everything trains, in the paper's stages)")
     epochs: int | None = _opt(None, "epochs, each one pass over the smallest source (default: the stage's)")
     milestones: list[int] | None = _opt(None, "epochs after which lr ×= 0.1 (default: the stage's)")
     schedule: str | None = _opt(None, "step: the original's ×0.1 at each milestone; cosine: linear warm-up, then "
@@ -81,6 +85,8 @@ class TrainConfig:
                                 "stage's; Frozen's 10 for ft-*)")
     max_steps: int | None = _opt(None, "stop after this many optimizer steps (default: epochs × steps per epoch)")
     temperature: float | None = _opt(None, "contrastive temperature τ (default: the stage's, 0.05; CLIP stages 0.01)")
+    mcq_weight: float = _opt(1.0, "weight w of the MCQ term in L(text, video) + w·L(answer, bridge); 0 trains the "
+                             "dual encoder alone, the paper's baseline (the BridgeFormer not run)")
     adam_eps: float | None = _opt(None, "AdamW ε for the exact global-batch gradient (default: 1e-6 × the GPUs of the "
                                   "original stage, 32 or 40, so updates are the paper's at any world size; demo stages "
                                   "1e-6). The original's update on W GPUs is --adam-eps 1e-6×W")
@@ -131,9 +137,12 @@ class TrainConfig:
                             ("milestones", list(stage.milestones)), ("preset", stage.preset),
                             ("temperature", stage.temperature), ("adam_eps", 1e-6 * stage.paper_ranks),
                             ("schedule", stage.schedule), ("warmup_steps", stage.warmup_steps),
-                            ("epoch_samples", stage.epoch_samples), ("patience", stage.patience)):
+                            ("epoch_samples", stage.epoch_samples), ("patience", stage.patience),
+                            ("text_lr", stage.text_lr), ("frozen_text_layers", stage.frozen_text_layers)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.mcq_weight < 0:
+            raise ValueError(f"--mcq-weight must be 0 (no MCQ) or positive, got {self.mcq_weight}")
         if not stage.bridge and not self.init:
             raise ValueError(f"stage {self.stage} fine-tunes a pre-trained model: give --init MODEL (a model folder, "
                              "MCQ.pth, MILES.pth or MCQ_CLIP.pth)")
@@ -162,7 +171,7 @@ class TrainConfig:
 RUNTIME_KEYS = frozenset({"out", "resume", "workers", "log_every", "save_every", "keep_last", "mlflow_uri",
                           "experiment", "run_name", "compile", "grad_checkpointing", "max_skip_share"})
 # Settings a deliberate resume (`--resume` given) may change: the new values take effect from the resumed step.
-ADJUSTABLE_KEYS = frozenset({"data", "lr", "epochs", "milestones", "max_steps", "schedule", "warmup_steps",
+ADJUSTABLE_KEYS = frozenset({"data", "lr", "text_lr", "epochs", "milestones", "max_steps", "schedule", "warmup_steps",
                              "temperature", "hflip", "question_type", "question_mode", "eval_data", "patience"})
 # Every other setting (stage, init, preset, frames, batch sizes, ds_config, loader, seed) made the weights, the
 # optimizer state and the data position a checkpoint holds, and is fixed for the life of a run.

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.batch import Batch
-from ..loss import MCQLoss, MCQLossOutput
+from ..loss import MCQLoss, MCQLossOutput, answer_keys, mcq_choices
 from ..model import create_model, create_tokenizer, load_pretrained, save_pretrained
 from ..runtime import control_group, init_distributed, next_on_every_rank, pick_device, write_text_atomic
 from ..tracking import Tracker
@@ -53,6 +53,7 @@ def build_model(cfg: TrainConfig):
     if cfg.frames > model.cfg.video.num_frames and getattr(model.cfg.video, "temporal_attention", False):
         raise ValueError(f"stage {cfg.stage} uses {cfg.frames} frames; the model in {cfg.init} takes at most "
                          f"{model.cfg.video.num_frames}")
+    model.text_model.freeze_lower(cfg.frozen_text_layers)
     return model, tokenizer
 
 
@@ -113,9 +114,22 @@ def steps_plan(cfg: TrainConfig, epoch_steps: dict[str, int]) -> tuple[int, list
     return total, [m * per_epoch for m in cfg.milestones]
 
 
-def train_step(engine, loss_fn: MCQLoss, batches: list[Batch], global_negatives: bool = True) -> MCQLossOutput:
+def param_groups(model, cfg: TrainConfig) -> list[dict]:
+    """Optimizer groups: everything at --lr, or the text tower at --text-lr when one is set (the demo stages: a
+    pre-trained text encoder beside a video tower trained from scratch, which needs a larger step)."""
+    trained = [p for p in model.parameters() if p.requires_grad]  # not the text layers a stage keeps fixed
+    if cfg.text_lr is None:
+        return [{"params": trained}]
+    text = {id(p) for p in model.text_model.parameters()}
+    return [{"params": [p for p in trained if id(p) not in text]},
+            {"params": [p for p in trained if id(p) in text], "lr": cfg.text_lr}]
+
+
+def train_step(engine, loss_fn: MCQLoss, batches: list[Batch], global_negatives: bool = True,
+               answers: torch.Tensor | None = None) -> MCQLossOutput:
     """One optimizer step over this rank's micro-batches `batches`; returns the loss terms (this rank's share, no
-    graph: their mean over ranks is the step's loss).
+    graph: their mean over ranks is the step's loss). With `loss_fn.mcq_weight` 0 no question reaches the model
+    (the dual encoder alone); otherwise `answers`, when given, gathers the MCQ answer accuracy (`_count_answers`).
 
     One micro-batch (the paper's setting), or `global_negatives=False`: forward, loss over the micro-batches of all
     ranks, backward, for each. With accumulation and `global_negatives`, every sample of the global batch is a
@@ -124,10 +138,20 @@ def train_step(engine, loss_fn: MCQLoss, batches: list[Batch], global_negatives:
     embeddings, then redo each micro-batch's forward with a graph and back-propagate those gradients. The torch
     RNG is rewound before each second forward, so dropout draws the same masks and the gradients are exact.
     """
+    mcq = loss_fn.mcq_weight > 0
+
+    def forward(batch: Batch) -> tuple[torch.Tensor, ...]:
+        if not mcq:
+            return tuple(engine(batch.video, batch.text))[:2]  # text and video: the BridgeFormer is not run
+        embeddings = engine(batch.video, batch.text, batch.question, batch.answer)
+        if answers is not None:
+            _count_answers(answers, embeddings, batch)
+        return tuple(e for e in embeddings if e is not None)  # no answer and bridge when fine-tuning
+
     if len(batches) == 1 or not global_negatives:
         terms = []
         for batch in batches:
-            out = loss_fn(*engine(batch.video, batch.text, batch.question, batch.answer))
+            out = loss_fn(*forward(batch))
             engine.backward(out.loss)
             engine.step()
             terms.append(torch.stack(out).detach())
@@ -136,16 +160,16 @@ def train_step(engine, loss_fn: MCQLoss, batches: list[Batch], global_negatives:
     with torch.no_grad():
         for batch in batches:
             states.append(_dropout_rng())
-            cached.append(engine(batch.video, batch.text, batch.question, batch.answer))
-    # text, video, then answer, bridge: the last two are None when fine-tuning (no BridgeFormer)
-    leaves = [torch.cat(parts).float().requires_grad_() for parts in zip(*cached) if parts[0] is not None]
+            cached.append(forward(batch))
+    answers = None  # counted once, in the pass above
+    leaves = [torch.cat(parts).float().requires_grad_() for parts in zip(*cached)]
     out = loss_fn(*leaves)
     out.loss.backward()  # d(sum over ranks of their shares)/d(this rank's embeddings): the gather sums across ranks
     sizes = [len(batch) for batch in batches]
     grads = [leaf.grad.split(sizes) for leaf in leaves]
     for k, (batch, state) in enumerate(zip(batches, states)):
         _set_dropout_rng(state)
-        embeddings = engine(batch.video, batch.text, batch.question, batch.answer)
+        embeddings = forward(batch)
         surrogate = sum((e.float() * g[k]).sum() for e, g in zip(embeddings, grads))
         # the embedding gradients already make the whole step's ∇ (× ranks, which the data-parallel mean removes):
         # no division by the accumulation steps
@@ -269,12 +293,13 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     benchmark = STAGES[cfg.stage].benchmark
     evaluation = EpochEvaluation(cfg.eval_data, benchmark, cfg.frames, cfg.patience) if cfg.eval_data else None
     factor = step_decay(milestones) if cfg.schedule == "step" else warmup_cosine(cfg.warmup_steps, total_steps)
-    optimizer = None if "optimizer" in ds else optim.torch_adamw(model.parameters(), cfg.lr, cfg.adam_eps)
+    groups = param_groups(model, cfg)
+    optimizer = None if "optimizer" in ds else optim.torch_adamw(groups, cfg.lr, cfg.adam_eps)
     ops_before = report.loaded_deepspeed_ops()
     # DeepSpeed would set the device from LOCAL_RANK again; `device_rank` makes it take ours (the same GPU, or the one
     # GPU a per-task CUDA_VISIBLE_DEVICES leaves, which LOCAL_RANK would overshoot)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=ds,
+        model=model, optimizer=optimizer, model_parameters=groups, config=ds,
         args=argparse.Namespace(device_rank=device.index if on_gpu else int(os.environ["LOCAL_RANK"])),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
     facts = report.describe(engine, device, loaders, ops_before, checkpointing, "off", cfg.frames)
@@ -294,7 +319,7 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
             if evaluation is not None:
                 evaluation.load_state_dict(client.get("evaluation", {"history": []}))
         if changes:
-            _continue_with(engine, cfg.lr, factor)
+            _continue_with(engine, [cfg.lr] + ([cfg.text_lr] if cfg.text_lr is not None else []), factor)
         own = checkpoints.load_rank_state(resume_from, rank)
         if checkpoints.saved_world_size(resume_from) != world:
             # the data split depends on the world size: the loaders restart the saved epoch on the new split
@@ -327,10 +352,12 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
 
     if evaluation is not None and not evaluation.history:  # the starting point, for the record (no checkpoint)
         evaluation.evaluate(engine, tokenizer, 0, 0, tracker)
-    loss_fn = MCQLoss(cfg.temperature)
+    loss_fn = MCQLoss(cfg.temperature, mcq_weight=cfg.mcq_weight)
     window = {"time": time.perf_counter(), "data": 0.0, "samples": 0, "steps": 0}
-    # loss, loss_vt, loss_mcq summed over the logging window, on the device: no host sync per step
+    # summed over the logging window, on the device (no host sync per step): loss, loss_vt, loss_mcq; and per
+    # question kind (ANSWER_KINDS) the samples whose bridge picked their own answer, their chance, their count
     totals = torch.zeros(3, dtype=torch.float64, device=engine.device)
+    answers = torch.zeros(len(ANSWER_KINDS), 3, dtype=torch.float64, device=engine.device)
     counters = {"skipped": 0, "no_phrase": 0}
     while step < total_steps and not (evaluation is not None and evaluation.should_stop()):
         source = cfg.sources[step % len(cfg.sources)]
@@ -343,11 +370,13 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
             counters["skipped"] += batches[-1].skipped
             counters["no_phrase"] += sum(k == "none" for k in batches[-1].kinds) if cfg.bridge else 0
             window["samples"] += len(batches[-1])
-        totals += torch.stack(train_step(engine, loss_fn, batches, cfg.negatives == "global")).double()
+        totals += torch.stack(train_step(engine, loss_fn, batches, cfg.negatives == "global",
+                                         answers if cfg.mcq_weight and cfg.bridge else None)).double()
         step += 1
         window["steps"] += 1
         if step % cfg.log_every == 0 or step == total_steps:
-            _log_window(engine, tracker, step, totals, window, counters, cfg.bridge)
+            _log_window(engine, tracker, step, totals, answers if cfg.mcq_weight and cfg.bridge else None, window,
+                        counters, cfg.bridge)
         evaluated = evaluation is not None and (step % per_epoch == 0 or step == total_steps)
         if evaluated:  # an epoch's end: its score, then its checkpoint (which carries the scores)
             evaluation.evaluate(engine, tokenizer, -(-step // per_epoch), step, tracker)
@@ -371,13 +400,28 @@ def train(cfg: TrainConfig, resume_on_purpose: bool = False) -> Path:
     return export
 
 
-def _log_window(engine, tracker, step, totals, window, counters, mcq: bool = True) -> None:
-    """Global-batch means of the loss terms over the window (no MCQ term when fine-tuning), throughput, the data-wait
-    share and counters."""
+ANSWER_KINDS = ("noun", "verb")
+
+
+def _count_answers(answers: torch.Tensor, emb, batch) -> None:
+    """Adds this micro-batch's MCQ answer accuracy counts per question kind to `answers` (see `totals`): each
+    sample's pick among the answers of this micro-batch on every rank (the whole global batch without
+    accumulation)."""
+    choices = mcq_choices(emb.answer.detach(), emb.bridge.detach(), answer_keys(*batch.answer))
+    for row, kind in enumerate(ANSWER_KINDS):
+        mask = torch.tensor([k == kind for k in batch.kinds], device=answers.device)
+        answers[row] += torch.stack([choices.correct[mask].sum(), choices.chance[mask].sum(), mask.sum()]).double()
+
+
+def _log_window(engine, tracker, step, totals, answers, window, counters, mcq: bool = True) -> None:
+    """Global-batch means of the loss terms over the window (no MCQ term when fine-tuning or with --mcq-weight 0),
+    MCQ answer accuracy per question kind beside its chance level (in %; `answers` is None without MCQ),
+    throughput, the data-wait share and counters."""
     world = dist.get_world_size()
     elapsed = time.perf_counter() - window["time"]
     stats = torch.cat([totals, torch.tensor([window["data"], window["samples"], counters["skipped"],
-                                             counters["no_phrase"]], dtype=torch.float64, device=totals.device)])
+                                             counters["no_phrase"]], dtype=torch.float64, device=totals.device),
+                       answers.flatten() if answers is not None else totals[:0]])
     dist.all_reduce(stats)  # on the engine's device: NCCL reduces GPU tensors only
     shares = window["steps"] * world  # one loss share per rank and step
     metrics = {
@@ -390,6 +434,14 @@ def _log_window(engine, tracker, step, totals, window, counters, mcq: bool = Tru
     }
     if not mcq:
         del metrics["loss_mcq"], metrics["no_phrase_samples"]  # fine-tuning: no BridgeFormer, no questions
+    elif answers is None:
+        del metrics["loss_mcq"]  # not computed: the dual encoder alone
+    else:
+        for kind, (correct, chance, count) in zip(ANSWER_KINDS, stats[7:].view(-1, 3).tolist()):
+            if count:
+                metrics[f"mcq_accuracy_{kind}"] = 100 * correct / count
+                metrics[f"mcq_chance_{kind}"] = 100 * chance / count
+        answers.zero_()
     grad_norm = engine.get_global_grad_norm()
     if grad_norm is not None and math.isfinite(float(grad_norm)):
         metrics["grad_norm"] = float(grad_norm)
@@ -400,19 +452,23 @@ def _log_window(engine, tracker, step, totals, window, counters, mcq: bool = Tru
         metrics["memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     tracker.log_metrics(metrics, step)
     if dist.get_rank() == 0:
-        terms = f"vt {metrics['loss_vt']:.4f}" + (f", mcq {metrics['loss_mcq']:.4f}" if mcq else "")
+        terms = f"vt {metrics['loss_vt']:.4f}"
+        if "loss_mcq" in metrics:
+            terms += f", mcq {metrics['loss_mcq']:.4f}" + "".join(
+                f", {k} answers {metrics[f'mcq_accuracy_{k}']:.0f}% (chance {metrics[f'mcq_chance_{k}']:.0f}%)"
+                for k in ANSWER_KINDS if f"mcq_accuracy_{k}" in metrics)
         log.info("step %d  loss %.4f (%s)  lr %.2e  %.1f samples/s  data wait %.0f%%", step, metrics["loss"], terms,
                  metrics["lr"], metrics["samples_per_second"], 100 * metrics["data_wait_share"])
     totals.zero_()
     window.update(time=time.perf_counter(), data=0.0, samples=0, steps=0)
 
 
-def _continue_with(engine, lr: float, factor) -> None:
-    """After a resume with changed settings: DeepSpeed restored the saved scheduler's base lr and the optimizer's
-    current lr; the new lr and schedule take over from this step."""
+def _continue_with(engine, lrs: list[float], factor) -> None:
+    """After a resume with changed settings: DeepSpeed restored the saved scheduler's base lrs and the optimizer's
+    current lrs; the new lrs (one per group of `param_groups`) and schedule take over from this step."""
     scheduler = engine.lr_scheduler
-    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
-    for group in scheduler.optimizer.param_groups:
+    scheduler.base_lrs = list(lrs)
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
         group["lr"] = lr * factor(scheduler.last_epoch)
 
 
@@ -431,11 +487,19 @@ def _save(engine, ckpt_dir, step, cfg, tracker, loaders, counters, evaluation: E
 def _export(engine, ckpt_dir, step, current, model_cfg, tokenizer, out, rank) -> Path:
     """fp32 weights of checkpoint `step` (a fine-tuning run's best epoch, else the last, `current`) as `<out>/model`
     (model.safetensors + config.json + tokenizer/), from the ZeRO master copy."""
+    import deepspeed
+
     folder = out / "model"
+    # Parameters a stage keeps fixed (--frozen-text-layers) are outside the optimizer, and ZeRO 1-2 checkpoints hold
+    # no fp32 copy of them; they never change, so they come from the model itself (gathered on every rank at ZeRO-3).
+    frozen = [(n, p) for n, p in engine.module.named_parameters() if not p.requires_grad]
+    with deepspeed.zero.GatheredParameters([p for _, p in frozen], enabled=engine.zero_optimization_stage() == 3):
+        fixed = {n: p.detach().float().cpu().clone() for n, p in frozen}
     if rank == 0:
         if engine.zero_optimization_stage() > 0 or step != current:
             with checkpoints.weights_only_loads():
                 state = consolidated_state(engine, ckpt_dir, checkpoints.tag_for(step))
+            state = {**fixed, **state}
         else:
             state = {k: v.float() for k, v in engine.module.state_dict().items()}
         model = create_model(model_cfg)

@@ -86,9 +86,9 @@ class CollateEval:
     """Builds the evaluation `Batch` in the loader workers: the videos' windows flattened into `video`
     (sum of W, F, 3, S, S) and every query caption tokenised into `text`. `extra` says what belongs to what:
     `positions` (each sample's place in the whole set), `ids`, `captions`, `window_owner` and `caption_owner`
-    (the batch sample of each window and caption), `padded` (zero frames added), `splits` (the converter's split of
-    each sample, "" when it has none) and `skipped` (the batch's samples that could not be used, as `Skip`s; the
-    batch is None when none could)."""
+    (the batch sample of each window and caption), `padded` (zero frames added), `phrases` (each sample's caption
+    and stored verb spans), `splits` (the converter's split of each sample, "" when it has none) and `skipped` (the
+    batch's samples that could not be used, as `Skip`s; the batch is None when none could)."""
 
     def __init__(self, tokenizer, max_length: int, all_captions: bool = False, source: str = "eval"):
         self.tokenizer, self.max_length, self.all_captions, self.source = tokenizer, max_length, all_captions, source
@@ -113,6 +113,7 @@ class CollateEval:
             "window_owner": torch.cat([torch.full((len(c),), n) for n, (_, _, c, _) in enumerate(items)]),
             "caption_owner": torch.cat([torch.full((len(g),), n) for n, g in enumerate(captions)]),
             "padded": sum(p for *_, p in items),
+            "phrases": [(meta["caption"], meta.get("verbs") or []) for _, meta, _, _ in items],  # the motion probe's
             "splits": [str(meta.get("split", "")) for _, meta, _, _ in items],
         }
         batch = Batch(video=torch.cat([c for _, _, c, _ in items]),

@@ -6,7 +6,8 @@ midpoint frames, the original test transform, one caption per video as the shard
 captions with --all-captions), cosine similarity of dual-encoder embeddings (no re-ranking), t2v and v2t R@1/5/10/50,
 MedR, MeanR with the original's tie rules. Optional sliding-window test-time averaging. A benchmark set gets its own
 protocol (`mcq_ds.eval.benchmarks`: MSVD queries with every caption, DiDeMo with a paragraph), one results JSON, and
-a line in a Markdown table beside the paper's number for the model's family; all sets go into one MLflow run.
+a line in a Markdown table beside the paper's number for the model's family; all sets go into one MLflow run. Beside
+them, the motion probe (`probe.py`): each caption against its copies with the verb phrase swapped, chance 1/K.
 
 On several GPUs (`launch/eval.sh`, i.e. `torchrun --nproc_per_node G -m mcq_ds.cli eval ...`) each rank
 embeds a contiguous share of the samples (shares differ by at most one, nothing is dropped or repeated), rank 0
@@ -35,6 +36,7 @@ from .data import ClipSpec
 from .embed import DEFAULT_PRECISION, PRECISIONS
 from .metrics import format_metrics
 from .scoring import SetScores, score_shards
+from .probe import format_probe, motion_probe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(`captions`), each its own query, a video's v2t rank being its best caption's; default: the "
                         "set's protocol (MSVD: every caption; others: the one `caption` per sample, e.g. MSR-VTT "
                         "1k-A's standard 1,000 pairs)")
+    parser.add_argument("--motion-probe-verbs", type=int, default=32, metavar="K", help="the motion probe: each "
+                        "caption against its copies with the verb phrase swapped for each other of the set's K most "
+                        "frequent verb phrases (chance 1/K; default %(default)s, 0: off)")
     parser.add_argument("--batch-size", type=int, default=16, help="videos per forward pass per rank (default 16)")
     parser.add_argument("--workers", type=int, default=4, help="decoding workers per rank (default 4)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default=DEFAULT_PRECISION,
@@ -73,6 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: a local store in the results folder; "
                         "'none': no MLflow)")
     parser.add_argument("--experiment", default="mcq-ds-eval", help="MLflow experiment (default %(default)s)")
+    parser.add_argument("--run-name", help="MLflow run name (default: the set's and the model folder's names)")
     parser.add_argument("--skip-corrupt", action="store_true", help="leave out samples that cannot be read (listed "
                         "and counted in the results JSON) instead of stopping with an error naming the first one")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -206,7 +212,11 @@ def _results(args, loaded: LoadedModel, scores: SetScores, name: str, shards: st
         "ties": "t2v optimistic, v2t averaged, v2t rank = best caption",
         "padded_frames": scores.padded, "precision": args.precision,
     }
-    return {"metrics": scores.metrics, "protocol": protocol, "checkpoint": loaded.describe(), "data": scores.about,
+    probe = {"not_run": "--motion-probe-verbs 0"} if args.motion_probe_verbs == 0 else motion_probe(
+        loaded.model, loaded.tokenizer, scores.video, scores.phrases, next(loaded.model.parameters()).device,
+        args.motion_probe_verbs, args.precision)
+    return {"metrics": scores.metrics, "motion_probe": probe, "protocol": protocol, "checkpoint": loaded.describe(),
+            "data": scores.about,
             "skipped": {"count": len(scores.skipped), "by_reason": tally(scores.skipped),
                         "samples": [s.to_dict() for s in scores.skipped]},
             "world_size": dist.get_world_size() if dist.is_initialized() else 1, "seconds": round(seconds, 2)}
@@ -226,12 +236,15 @@ def _track(args, results: dict, out: Path, step: int | None) -> None:
     from ..tracking import Tracker
 
     protocol = results["protocol"]
-    with Tracker(args.mlflow_uri, args.experiment, f"{protocol['set']} {Path(args.model).name}", 0,
+    with Tracker(args.mlflow_uri, args.experiment, args.run_name or f"{protocol['set']} {Path(args.model).name}", 0,
                  out.parent) as tracker:
         tracker.log_params({"checkpoint": results["checkpoint"], "protocol": protocol, "world_size":
                             results["world_size"]})
-        tracker.log_metrics({f"{d}/{k.replace('@', '')}": v for d, m in results["metrics"].items()
-                             for k, v in m.items() if not k.startswith("geometric")}, step or 0)
+        metrics = {f"{d}/{k.replace('@', '')}": v for d, m in results["metrics"].items()
+                   for k, v in m.items() if not k.startswith("geometric")}
+        if "accuracy" in results["motion_probe"]:
+            metrics.update({f"motion_probe/{k}": results["motion_probe"][k] for k in ("accuracy", "chance", "verbs")})
+        tracker.log_metrics(metrics, step or 0)
         tracker.log_artifact(out)
 
 
@@ -256,7 +269,8 @@ def _print_results(results: dict) -> None:
     p = results["protocol"]
     print(f"{p['set']}: {p['videos']} videos, {p['queries']} queries ({p['captions_per_video']}), "
           f"{p['frames']} frames ({p['frame_sampling']}), {p['scoring']}")
-    print(format_metrics(results["metrics"]), flush=True)
+    print(format_metrics(results["metrics"]))
+    print(format_probe(results["motion_probe"]), flush=True)
     if results["skipped"]["count"]:
         print(f"left out {results['skipped']['count']} samples that cannot be read "
               f"({', '.join(f'{n} {r}' for r, n in results['skipped']['by_reason'].items())}; listed in the "

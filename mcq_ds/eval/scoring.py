@@ -39,6 +39,7 @@ class SetScores:
     padded: int  # zero frames added to short clips
     splits: list[str]  # the converter's split names the samples carry ("test", ...)
     skipped: list[Skip] = field(default_factory=list)
+    phrases: list = field(default_factory=list)  # per video, (caption, stored verb spans): the motion probe's input
 
 
 def score_shards(model, tokenizer, shards: str, device: torch.device, spec: ClipSpec, *, all_captions: bool = False,
@@ -55,7 +56,7 @@ def score_shards(model, tokenizer, shards: str, device: torch.device, spec: Clip
     loader = DataLoader(ShardClips(samples, share, spec), batch_size=batch_size, num_workers=workers,
                         collate_fn=collate, multiprocessing_context="spawn" if workers else None)
     mine = {"positions": [], "ids": [], "video": [], "captions": [], "caption_position": [], "text": [], "padded": 0,
-            "splits": set()}
+            "splits": set(), "phrases": []}
     skipped: list[Skip] = []
     bar = tqdm(total=len(share), desc="embedding" + (f" (rank 0's share, {world} ranks)" if world > 1 else ""),
                unit="video", disable=not progress or rank != 0)
@@ -76,6 +77,7 @@ def score_shards(model, tokenizer, shards: str, device: torch.device, spec: Clip
         mine["text"].append(text.numpy())
         mine["padded"] += batch.extra["padded"]
         mine["splits"] |= set(batch.extra["splits"])
+        mine["phrases"] += batch.extra["phrases"]
         bar.update(len(positions))
     bar.close()
     skipped = _agree_on_skips(skipped, world)
@@ -114,10 +116,12 @@ def _score(gathered: list[dict], skipped: list[Skip], count: int, spec: ClipSpec
     caption_position = np.array([p for g in gathered for p in g["caption_position"]])
     order = np.argsort(positions, kind="stable")
     video, ids = video[order], [ids[i] for i in order]
+    phrases = [p for g in gathered for p in g["phrases"]]
+    phrases = [phrases[i] for i in order]
     text_order = np.argsort(caption_position, kind="stable")  # data-set order, a sample's captions as stored
     text, captions = text[text_order], [captions[i] for i in text_order]
     # each query's video as a row of `video` (positions of skipped samples are not rows)
     query_video = np.searchsorted(positions[order], caption_position[text_order])
     metrics = retrieval_metrics(cosine_similarity(text, video), query_video)
     return SetScores(metrics, video, text, ids, captions, spec, about, int(sum(g["padded"] for g in gathered)),
-                     sorted(set().union(*(g["splits"] for g in gathered))), skipped)
+                     sorted(set().union(*(g["splits"] for g in gathered))), skipped, phrases)

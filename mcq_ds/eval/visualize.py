@@ -34,6 +34,12 @@ class AttentionFigure:
     heat: torch.Tensor  # (questions, F, gh, gw), each question's maps as computed (not rescaled)
     questions: list[str]
 
+    @property
+    def peaks(self) -> list[float]:
+        """Per question, its highest attention over all frames' patches divided by the mean: 1.0 is uniform
+        attention, and a map that picks out one patch of a frame's N (over F frames) reaches N·F."""
+        return [float(maps.max() / maps.mean()) for maps in self.heat]
+
 
 def find_phrase(caption: str, phrase: str) -> Phrase:
     """The phrase's span in the caption (first occurrence, case-insensitive)."""
@@ -148,5 +154,7 @@ def run(args: argparse.Namespace) -> int:
                               block, args.cell, args.tokenizer, args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.image.save(args.out)
-    print(f"wrote {args.out} ({figure.image.width}x{figure.image.height}): " + "; ".join(figure.questions))
+    print(f"wrote {args.out} ({figure.image.width}x{figure.image.height})")
+    for question, peak in zip(figure.questions, figure.peaks):
+        print(f"  {question}: peak {peak:.1f}x uniform")
     return 0

@@ -27,6 +27,7 @@ from .attention import FactorisedAttention
 from .bridge_former import BridgeFormer
 from .checkpointing import maybe_checkpoint
 from .mcq import ThreeFormer
+from .text_former import check_frozen_layers
 from .video_former import init_linear_and_norm
 
 
@@ -121,6 +122,14 @@ class CLIPTextFormer(nn.Module):
     @property
     def width(self) -> int:
         return self.cfg.width
+
+    def freeze_lower(self, layers: int) -> None:
+        """Keeps the token and position embeddings and the first `layers` blocks as they are; 0 freezes nothing."""
+        check_frozen_layers(layers, len(self.blocks))
+        if layers:
+            for module in (self.token_embedding, *self.blocks[:layers]):
+                module.requires_grad_(False)
+            self.positional_embedding.requires_grad_(False)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, hidden_states: bool = False
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:

@@ -32,6 +32,13 @@ class TextFormer(nn.Module):
     def num_layers(self) -> int:
         return self.encoder.config.n_layers
 
+    def freeze_lower(self, layers: int) -> None:
+        """Keeps the embeddings and the first `layers` layers as they are (no gradient); 0 freezes nothing."""
+        check_frozen_layers(layers, self.num_layers)
+        if layers:
+            for module in (self.encoder.embeddings, *self.encoder.transformer.layer[:layers]):
+                module.requires_grad_(False)
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, hidden_states: bool = False
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Returns the last hidden state (B, L, D) and, if asked, all T + 1 hidden states (index 0: embeddings)."""
@@ -42,6 +49,11 @@ class TextFormer(nn.Module):
         bias = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
         out = self.encoder(input_ids=ids, attention_mask=bias, output_hidden_states=hidden_states)
         return out.last_hidden_state, out.hidden_states
+
+
+def check_frozen_layers(layers: int, total: int) -> None:
+    if not 0 <= layers <= total:
+        raise ValueError(f"cannot freeze {layers} text layers: the text tower has {total}")
 
 
 def build_text_encoder(cfg: TextConfig) -> DistilBertModel:

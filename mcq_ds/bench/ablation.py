@@ -1,0 +1,162 @@
+"""The paper's ablation in miniature: the demo curriculum with and without the Multiple Choice Questions.
+
+    python -m mcq_ds.bench.ablation DEMO_OUT/shards --seeds 0 1 2       (also: mcq-ds ablation ...)
+
+For every seed, both arms train the whole demo curriculum (`demo-1f-noun` → `demo-4f-noun` → `demo-4f-verb`) on the
+same shards with the same seed, so the same initial weights, the same batches in the same order and the same number
+of optimizer steps: MCQ (`--mcq-weight 1`, the paper's objective) and the dual encoder alone (`--mcq-weight 0`, the
+paper's baseline, the BridgeFormer never run). Each final model is evaluated zero-shot on the held-out test split:
+text→video R@1/5/10 and the motion probe (`mcq_ds.eval.probe`). The table gives the mean ± standard deviation over
+seeds of each arm and of the per-seed difference (MCQ − baseline), and the verb stage's last MCQ answer accuracy
+beside its chance level. Every training and evaluation run goes to one MLflow experiment (run names say the arm and
+the seed), so the curves sit side by side; everything lands in OUT (default: beside the shards, `ablation/`), and a
+rerun skips what is already there. Training takes the demo's recipe (the stage presets with launch/demo.sh's flags,
+DEMO_FLAGS); `--train-flags` adds `mcq-ds train` flags to every training run of both arms (later flags win).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+ARMS = {"mcq": 1.0, "baseline": 0.0}  # arm name -> --mcq-weight
+DEMO_FLAGS = ("--no-hflip", "--frozen-text-layers", "4")  # launch/demo.sh's flags beside the stage presets
+STAGES = ("demo-1f-noun", "demo-4f-noun", "demo-4f-verb")
+REPORTED = (("t2v R@1", ("metrics", "t2v", "R@1")), ("t2v R@5", ("metrics", "t2v", "R@5")),
+            ("t2v R@10", ("metrics", "t2v", "R@10")), ("motion probe", ("motion_probe", "accuracy")))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shards", type=Path, help="the demo's shard folder (OUT/shards of launch/demo.sh): cc3m/, "
+                        "webvid/ and msrvtt-test/ converted by mcq-shards")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    parser.add_argument("--out", type=Path, help="output folder (default: SHARDS/../ablation)")
+    parser.add_argument("--workers", type=int, default=1, help="data-loading workers per training run (default 1)")
+    parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: a local store, OUT/mlflow.db)")
+    parser.add_argument("--experiment", default="mcq-ds-ablation", help="MLflow experiment (default %(default)s)")
+    parser.add_argument("--train-flags", default="", metavar="FLAGS", help="more `mcq-ds train` flags for every "
+                        "training run, e.g. '--max-steps 20' for a quick look (default: none, the demo recipe)")
+
+
+def _train(args: argparse.Namespace, out: Path, arm: str, seed: int) -> Path:
+    """The demo curriculum for one arm and seed; each stage starts from the previous stage's export."""
+    from ..engine.config import add_arguments as train_arguments, resolve
+    from ..engine.train import train
+
+    parser = argparse.ArgumentParser()
+    train_arguments(parser)
+    init = None
+    for stage in STAGES:
+        run = out / f"{arm}-seed{seed}" / stage.removeprefix("demo-")
+        if not (run / "model" / "config.json").is_file():
+            sources = ["webvid"] + (["cc3m"] if "1f" in stage else [])
+            argv = ["--stage", stage, "--out", str(run), "--seed", str(seed), "--mcq-weight", str(ARMS[arm]),
+                    "--workers", str(args.workers), "--mlflow-uri", args.mlflow_uri, "--experiment", args.experiment,
+                    "--run-name", f"{arm} seed{seed} {stage}"]
+            argv += [a for s in sources for a in ("--data", f"{s}={args.shards / s}")]
+            argv += (["--init", str(init)] if init else []) + list(DEMO_FLAGS) + shlex.split(args.train_flags)
+            train(resolve(parser.parse_args(argv)))
+        init = run / "model"
+    return init
+
+
+def _evaluate(args: argparse.Namespace, model: Path, arm: str, seed: int) -> dict:
+    from ..eval import retrieval
+
+    out = model / "eval" / "ablation.json"
+    if not out.is_file():
+        parser = argparse.ArgumentParser()
+        retrieval.add_arguments(parser)
+        retrieval.evaluate(parser.parse_args([str(model), str(args.shards / "msrvtt-test"), "--workers", "0",
+                                              "--quiet", "--out", str(out), "--mlflow-uri", args.mlflow_uri,
+                                              "--experiment", args.experiment, "--run-name",
+                                              f"{arm} seed{seed} eval"]))
+    return json.loads(out.read_text())
+
+
+def _last_answer_accuracy(run: Path) -> dict[str, float]:
+    """The verb stage's last logged MCQ answer accuracy and chance level for verb questions (MCQ arm only)."""
+    found = {}
+    for line in (run / "tracking.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["event"] == "metrics" and "mcq_accuracy_verb" in event["metrics"]:
+            found = {k: event["metrics"][k] for k in ("mcq_accuracy_verb", "mcq_chance_verb")}
+    return found
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(results: dict[str, dict[int, dict]]) -> str:
+    """Markdown: one row per arm and one for the per-seed difference, mean ± standard deviation over seeds."""
+    seeds = sorted(results["mcq"])
+    value = {arm: {name: [_get(results[arm][s], path) for s in seeds] for name, path in REPORTED} for arm in ARMS}
+    rows = [f"| arm ({len(seeds)} seeds) | " + " | ".join(name for name, _ in REPORTED) + " | verb answers (chance) |",
+            "|---" * (len(REPORTED) + 2) + "|"]
+    for arm, label in (("mcq", "MCQ (`--mcq-weight 1`)"), ("baseline", "dual encoder alone (`--mcq-weight 0`)")):
+        answers = [results[arm][s].get("answers", {}) for s in seeds]
+        verb = (f"{_spread([a['mcq_accuracy_verb'] for a in answers])} "
+                f"({_spread([a['mcq_chance_verb'] for a in answers])})" if all(answers) else "—")
+        rows.append(f"| {label} | " + " | ".join(_spread(value[arm][name]) for name, _ in REPORTED) + f" | {verb} |")
+    differences = [[m - b for m, b in zip(value["mcq"][name], value["baseline"][name])] for name, _ in REPORTED]
+    rows.append("| MCQ − baseline, per seed | " + " | ".join(_spread(d) for d in differences) + " | |")
+    chance = results["mcq"][seeds[0]]["motion_probe"].get("chance")
+    if chance is not None:
+        rows.append(f"\nMotion probe chance: {chance:.1f}%; text→video R@1/5/10 chance: "
+                    f"{100 / results['mcq'][seeds[0]]['protocol']['videos']:.0f}/"
+                    f"{500 / results['mcq'][seeds[0]]['protocol']['videos']:.0f}/"
+                    f"{1000 / results['mcq'][seeds[0]]['protocol']['videos']:.0f}%.")
+    return "\n".join(rows)
+
+
+def _get(result: dict, path: tuple[str, ...]) -> float:
+    for key in path:
+        result = result[key]
+    return float(result)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    missing = [s for s in ("cc3m", "webvid", "msrvtt-test") if not (args.shards / s / "manifest.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{args.shards} lacks {', '.join(missing)}: give the demo's shard folder "
+                                "(bash launch/demo.sh OUT writes OUT/shards)")
+    out = args.out or args.shards.parent / "ablation"
+    args.mlflow_uri = args.mlflow_uri or f"sqlite:///{out.resolve()}/mlflow.db"
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[int, dict]] = {arm: {} for arm in ARMS}
+    for seed in args.seeds:
+        for arm in ARMS:
+            model = _train(args, out, arm, seed)
+            results[arm][seed] = _evaluate(args, model, arm, seed)
+            if ARMS[arm]:
+                results[arm][seed]["answers"] = _last_answer_accuracy(model.parent)
+    text = table(results)
+    (out / "results.json").write_text(json.dumps({"seeds": args.seeds, "results": results}, indent=2) + "\n")
+    (out / "table.md").write_text(text + "\n")
+    print(text)
+    print(f"wrote {out / 'table.md'} and {out / 'results.json'}; MLflow: mlflow ui --backend-store-uri "
+          f"{args.mlflow_uri} (experiment {args.experiment})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mcq_ds.bench.ablation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ablation: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""`mcq-ds ablation`: both arms through the real engine and evaluation on the demo shards, a few steps each."""
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mcq_ds.bench import ablation
+from mcq_ds.cli import main
+
+
+@pytest.fixture(scope="module")
+def shards(demo_shards, tmp_path_factory):
+    """The layout launch/demo.sh writes: OUT/shards/{cc3m, webvid, msrvtt-test}."""
+    root = tmp_path_factory.mktemp("ablation") / "shards"
+    root.mkdir()
+    for name, source in (("cc3m", "cc3m"), ("webvid", "webvid"), ("msrvtt-test", "msrvtt")):
+        (root / name).symlink_to(demo_shards[source])
+    return root
+
+
+def test_both_arms_train_on_the_same_steps_and_land_in_one_experiment(shards, capsys):
+    flags = "--preset tiny --frozen-text-layers 0 --global-batch 8 --max-steps 2 --log-every 1"  # tiny: 2 text layers
+    assert main(["ablation", str(shards), "--seeds", "0", "--train-flags", flags]) == 0
+    out = shards.parent / "ablation"
+    printed = capsys.readouterr().out
+    assert "| MCQ (`--mcq-weight 1`) |" in printed and "| dual encoder alone (`--mcq-weight 0`) |" in printed
+    results = json.loads((out / "results.json").read_text())["results"]
+    for arm, weight in (("mcq", 1.0), ("baseline", 0.0)):
+        final = results[arm]["0"]
+        assert 0 <= final["metrics"]["t2v"]["R@1"] <= 100 and "accuracy" in final["motion_probe"]
+        for stage in ("1f-noun", "4f-noun", "4f-verb"):
+            config = json.loads((out / f"{arm}-seed0" / stage / "config.json").read_text())
+            assert config["mcq_weight"] == weight and config["seed"] == 0 and config["max_steps"] == 2
+    assert 0 <= results["mcq"]["0"]["answers"]["mcq_accuracy_verb"] <= 100  # the verb stage's answers
+    assert "answers" not in results["baseline"]["0"]
+
+    client = MlflowClient(f"sqlite:///{out.resolve()}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("mcq-ds-ablation").experiment_id])
+    names = {r.info.run_name for r in runs}
+    assert {f"{arm} seed0 demo-4f-verb" for arm in ("mcq", "baseline")} <= names
+    assert {f"{arm} seed0 eval" for arm in ("mcq", "baseline")} <= names  # both arms' evaluations
+
+    # a rerun finds every stage and evaluation done and only reprints the table
+    assert main(["ablation", str(shards), "--seeds", "0", "--train-flags", flags]) == 0
+    assert len(client.search_runs([client.get_experiment_by_name("mcq-ds-ablation").experiment_id])) == len(runs)
+
+
+def test_table_gives_the_spread_over_seeds_and_of_the_paired_difference():
+    def result(r1, probe):
+        return {"metrics": {"t2v": {"R@1": r1, "R@5": 2 * r1, "R@10": 3 * r1}}, "protocol": {"videos": 100},
+                "motion_probe": {"accuracy": probe, "chance": 100 / 6}}
+
+    results = {"mcq": {0: result(30, 60), 1: result(34, 50)}, "baseline": {0: result(20, 20), 1: result(22, 30)}}
+    for seed, accuracy in ((0, 40.0), (1, 50.0)):
+        results["mcq"][seed]["answers"] = {"mcq_accuracy_verb": accuracy, "mcq_chance_verb": 20.0}
+    rows = ablation.table(results).splitlines()
+    assert rows[2] == "| MCQ (`--mcq-weight 1`) | 32.0 ± 2.8 | 64.0 ± 5.7 | 96.0 ± 8.5 | 55.0 ± 7.1 | 45.0 ± 7.1 (20.0 ± 0.0) |"
+    assert rows[3].startswith("| dual encoder alone (`--mcq-weight 0`) | 21.0 ± 1.4 |") and rows[3].endswith("| — |")
+    assert rows[4].startswith("| MCQ − baseline, per seed | 11.0 ± 1.4 |")
+    assert "Motion probe chance: 16.7%" in rows[-1]
+
+
+def test_missing_shards_are_named(tmp_path, capsys):
+    assert main(["ablation", str(tmp_path)]) == 2
+    assert "lacks cc3m, webvid, msrvtt-test" in capsys.readouterr().err
