@@ -399,7 +399,8 @@ def _cycle(rng: np.random.Generator, items: Sequence, count: int) -> Iterator:
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    """H.264 (libx264, yuv420p), one-second GOPs, one encoder thread so the bytes are reproducible."""
+    """H.264 (libx264, yuv420p), one-second GOPs, one encoder thread. The same frames
+    give the same bytes within a process; between processes libx264 can round a few blocks differently."""
     _write_video(path, frames, fps, "mp4", "libx264", {"preset": "veryfast", "crf": "23", "g": str(fps), "threads": "1"})
 
 
@@ -609,7 +610,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "OUT/webvid (results_train.csv + videos/<page_dir>/<videoid>.mp4), OUT/cc3m "
         "(Train_GCC-training.tsv + img2dataset-named JPEGs), OUT/msrvtt (MSR_VTT.json, 1k-A and 7k split "
         "files, videos/all), small OUT/msvd, OUT/lsmdc and OUT/didemo sets and OUT/synth.json. Held-out "
-        "colour-shape-motion combinations appear only in the test splits. The same seed gives the same files."
+        "colour-shape-motion combinations appear only in the test splits. The same seed gives the same captions, "
+        "splits and rendered frames (the encoded clips can differ by a few grey levels between runs: encoder "
+        "rounding)."
     )
     default = {name: p.default for name, p in inspect.signature(synthesize).parameters.items()}
     parser.add_argument("out", metavar="OUT", help="output folder (created if missing)")
@@ -622,7 +625,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("benchmark_train_videos", "training videos of each of those layouts"),
         ("size", "video side in pixels, even"),
         ("fps", "frames per second; every clip lasts 2-4 s"),
-        ("seed", "random seed; the same seed gives the same files"),
+        ("seed", "random seed; the same seed gives the same captions and frames"),
     ):
         parser.add_argument("--" + option.replace("_", "-"), type=int, default=default[option], metavar="N",
                             help=f"{help_text} (default %(default)s)")
