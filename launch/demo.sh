@@ -46,7 +46,20 @@ sed "s|.*|$OUT/raw/msrvtt/videos/all/&.mp4|" "$OUT/raw/msrvtt/high-quality/struc
   > "$OUT/test-videos.txt"  # the held-out test videos
 mcq-ds extract "$MODEL" --list "$OUT/test-videos.txt" -o "$OUT/features" --workers 1 --quiet
 mcq-ds search "$OUT/features" "a blue triangle is orbiting" --model "$MODEL" -k 5
-mcq-ds visualize "$MODEL" "$OUT/raw/msrvtt/videos/all/video1.mp4" "a blue triangle is orbiting against dots" \
-  --noun "blue triangle" --verb "is orbiting" -o "$OUT/attention.png"
+# the attention map of the first held-out test video, asked about its own caption's shape and motion
+mapfile -t ASK < <(python - "$OUT/raw/msrvtt" <<'PY'
+import json, re, sys
+from pathlib import Path
+from mcq_shards.synth import COLOURS, MOTIONS, SHAPES
+root = Path(sys.argv[1])
+video = (root / "high-quality/structured-symlinks/val_list_jsfusion.txt").read_text().split()[0]
+caption, verb = next((a["caption"], verb) for a in json.loads((root / "annotation/MSR_VTT.json").read_text())["annotations"]
+                     if a["image_id"] == video for verb in MOTIONS.values() if verb in a["caption"])
+colour = next(c for c in COLOURS if re.search(rf"\b{c}\b", caption))
+shape = next(s for s in SHAPES if re.search(rf"\b{s}\b", caption))
+print(root / "videos/all" / f"{video}.mp4", caption, f"{colour} {shape}", verb, sep="\n")
+PY
+)
+mcq-ds visualize "$MODEL" "${ASK[0]}" "${ASK[1]}" --noun "${ASK[2]}" --verb "${ASK[3]}" -o "$OUT/attention.png"
 echo "demo finished in $(( $(date +%s) - start )) s; MLflow: mlflow ui --backend-store-uri sqlite:///$OUT/mlflow.db"
 echo "search the test videos in a web page: mcq-ds serve $OUT/features --model $MODEL  (then open http://127.0.0.1:8000/)"
