@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:-demo_out}")
 bash launch/setup_env.sh
-export HF_HUB_OFFLINE=1 PATH="$PWD/${MCQ_VENV:-.venv}/bin:$PATH"
+export HF_HUB_OFFLINE=1 PATH="$(realpath "${MCQ_VENV:-.venv}")/bin:$PATH"
 start=$(date +%s)
 
 if [ ! -f "$OUT/raw/synth.json" ]; then mcq-shards synth "$OUT/raw" --msrvtt-train-videos 100 --benchmark-train-videos 0; fi
