@@ -61,7 +61,8 @@ def trained_run(demo_shards, tmp_path_factory):
     """A real 3-step run of `mcq-ds train` (tiny model, checkpoints at steps 2 and 3, no MLflow). Tests that change
     it work on a copy (test_engine_safety.linked_copy)."""
     from test_engine import finish, mcq_ds, train_args
+    from test_engine_safety import STEPS
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    finish(mcq_ds(*train_args(demo_shards, out, "--max-steps", "3", "--save-every", "2")))
+    finish(mcq_ds(*train_args(demo_shards, out, *STEPS)))
     return out

@@ -17,9 +17,11 @@ import pytest
 import torch
 
 from mcq_ds.engine import checkpoints
+from mcq_ds.engine.config import DS_CONFIGS, default_ds_config
 from test_engine import finish, losses, mcq_ds, train_args
 
-STEPS = ["--max-steps", "3", "--save-every", "2"]  # the trained run's own
+# the trained run's own; a constant lr (no milestone within 3 steps), so the tests below read the lr they set
+STEPS = ["--max-steps", "3", "--save-every", "2", "--schedule", "step", "--lr", "1e-4"]
 
 
 def linked_copy(run: Path, to: Path) -> Path:
@@ -54,11 +56,19 @@ def run_train(demo_shards, out: Path, *extra: str) -> subprocess.CompletedProces
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
 
 
-@pytest.mark.parametrize("victim", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                                    "rank0.pt"])
+def optimizer_file(tag: Path) -> Path:
+    """The ZeRO optimizer file of rank 0 (`bf16_` in front when the run trained in bf16, the default on a CPU with
+    bf16 units)."""
+    (found,) = tag.glob("*zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    return found
+
+
+@pytest.mark.parametrize("victim", ["mp_rank_00_model_states.pt", "optimizer", "rank0.pt"])
 def test_resume_refuses_a_checkpoint_file_that_pickles_code(trained_run, demo_shards, tmp_path, victim):
     out = linked_copy(trained_run, tmp_path / "run")
     marker = tmp_path / "pwned"
+    if victim == "optimizer":
+        victim = optimizer_file(out / "checkpoints/step00000003").name
     plant(out / "checkpoints/step00000003" / victim, marker)
     done = run_train(demo_shards, out)  # the same command again: --resume latest takes step 3
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
@@ -89,7 +99,7 @@ def test_universal_conversion_refuses_planted_files(trained_run, demo_shards, tm
     assert "video_model.cls_token/fp32.pt: refused" in done.stderr and not pwned.exists()
 
     shutil.rmtree(out / "checkpoints/universal")  # now the conversion itself meets the planted file
-    plant(tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt", pwned)
+    plant(optimizer_file(tag), pwned)
     convert = subprocess.run([sys.executable, "-m", "mcq_ds.engine.checkpoints", "--input_folder", str(tag),
                               "--output_folder", str(tmp_path / "universal")], capture_output=True, text=True)
     assert convert.returncode != 0 and "refused" in convert.stderr and not pwned.exists()
@@ -102,10 +112,11 @@ def test_deepspeed_reads_are_weights_only(trained_run, tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"x": RunsCode(tmp_path / "pwned")}, evil)
     with checkpoints.weights_only_loads():
-        state = torch.load(tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False)
+        state = torch.load(optimizer_file(tag), weights_only=False)
         with pytest.raises(Exception, match="posix.system"):
             torch.load(evil, weights_only=False)
-    assert state["optimizer_state_dict"]["zero_stage"] == 1
+    ds_config = json.loads((DS_CONFIGS / default_ds_config()).read_text())
+    assert state["optimizer_state_dict"]["zero_stage"] == ds_config["zero_optimization"]["stage"]
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
     assert not (tmp_path / "pwned").exists()
     checkpoints.check_pickles(tag)  # the real checkpoint passes the static check

@@ -13,6 +13,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from mcq_ds.engine.config import default_ds_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,5 +45,5 @@ def test_a_plain_install_trains_with_the_default_deepspeed_config(demo_shards, t
     assert (tmp_path / "run/model/model.safetensors").is_file()
     events = [json.loads(line) for line in (tmp_path / "run/tracking.jsonl").read_text().splitlines()]
     [used] = [e["config"] for e in events if e["event"] == "config" and e["name"] == "deepspeed_config.json"]
-    shipped = json.loads((ROOT / "mcq_ds/ds_configs/cpu_fp32.json").read_text())
-    assert {k: used[k] for k in shipped} == shipped  # the default CPU config, as shipped, plus the run's sizes
+    shipped = json.loads((ROOT / "mcq_ds/ds_configs" / default_ds_config()).read_text())
+    assert {k: used[k] for k in shipped} == shipped  # this CPU's default config, as shipped, plus the run's sizes
