@@ -97,7 +97,8 @@ def init_distributed(device: torch.device, always: bool = False) -> tuple[int, i
     A plain command (no launcher, or WORLD_SIZE=1) needs no group and gets (0, 1), unless `always`: the DeepSpeed
     engine needs a group even alone, so it becomes a 1-rank group that listens on no network interface: torch's TCP
     store would listen on all of them whatever MASTER_ADDR says, so that group keeps its store in memory, and gloo
-    (and NCCL) are pointed at the loopback interface unless the user chose one."""
+    (and NCCL) are pointed at the loopback interface unless the user chose one. A launcher's group of one (or
+    RANK/WORLD_SIZE=1 inherited from a parent process) is made the same way: it has nobody to meet."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not always:
@@ -105,7 +106,7 @@ def init_distributed(device: torch.device, always: bool = False) -> tuple[int, i
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if "RANK" in os.environ:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group(backend)
         return dist.get_rank(), dist.get_world_size()
     with socket.socket() as s:

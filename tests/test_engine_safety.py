@@ -167,10 +167,14 @@ def test_resume_from_another_folders_checkpoint(trained_run, demo_shards, tmp_pa
     assert {"resumed_from": str((trained_run / "checkpoints/step00000002").resolve())} in tags
 
 
-def test_a_single_process_run_listens_on_loopback_only(demo_shards, tmp_path):
+@pytest.mark.parametrize("inherited", [{}, {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}],
+                         ids=["plain", "launcher-variables-of-one"])
+def test_a_single_process_run_listens_on_loopback_only(demo_shards, tmp_path, inherited):
     """A plain `mcq-ds train` is a group of one: no socket of it may listen beyond this machine (read from the OS's
-    socket table while it runs)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    socket table while it runs), also when it inherits a launcher's variables for a world of one (a parent process
+    that made its own group of one, `torchrun --nproc-per-node 1`)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **inherited}
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "mcq_ds.cli", *train_args(
             demo_shards, tmp_path / "run", "--max-steps", "2", "--save-every", "2")], env=env, stdout=log,
