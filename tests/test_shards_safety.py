@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -19,21 +18,11 @@ from mcq_shards.manifest import read_manifest
 from mcq_shards.sources import cc3m
 from fs_fixtures import needs_mounts, run_on_tmpfs
 from shards_fixtures import encode_image, encode_video, write_webvid
+from test_shards_convert import samples_of
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--workers", "1", "--quiet", "--min-frames", "4"]
 BOM = "\ufeff".encode()
-
-
-def samples_of(out: Path) -> dict[str, dict]:
-    """key -> json of every sample, plus the stored image's width for images."""
-    found = {}
-    for shard in read_manifest(out).shards:
-        with tarfile.open(shard.path) as tar:
-            for m in tar:
-                if m.name.endswith(".json"):
-                    found[m.name[:-5]] = json.loads(tar.extractfile(m).read())
-    return found
 
 
 def rejects_of(out: Path) -> dict[str, str]:
