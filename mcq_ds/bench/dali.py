@@ -125,7 +125,7 @@ def _repeat(shards: Path, out: Path, repeat: int) -> None:
 def loader_config(shards: Path, frames: int, args, tokenizer):
     from mcq_ds.data.loader import LoaderConfig
 
-    return LoaderConfig(shards=str(shards), source=shards.name, tokenizer=tokenizer, train=True, num_frames=frames,
+    return LoaderConfig(shards=str(shards), source=shards.name, tokenizer=tokenizer, num_frames=frames,
                         img_size=args.img_size, batch_size=args.batch, workers=args.threads, seed=0, rank=0,
                         world_size=1, question_type="noun", max_text_length=32)
 
@@ -150,9 +150,11 @@ def host_step_cost(shards: Path, frames: int, args, tokenizer) -> float:
     """Microseconds per sample of the DALI pipeline's Python host step, run alone on real samples."""
     from mcq_ds.data.dali import HostStep
     from mcq_ds.data.questions import QuestionBuilder
+    from mcq_shards.reader import SkipLog
 
     cfg = loader_config(shards, frames, args, tokenizer)
-    step = HostStep(cfg, 0, QuestionBuilder(tokenizer, cfg.question_mode))
+    tars = sorted(str(p) for p in shards.glob("*.tar"))
+    step = HostStep(cfg, 0, QuestionBuilder(tokenizer, cfg.question_mode), SkipLog(cfg.source, cfg.max_skip_share), tars)
     metas, jpgs, offsets = [], [], []
     for tar_path in sorted(shards.glob("*.tar")):
         if len(metas) >= 4 * args.batch:
