@@ -31,6 +31,8 @@ COMMANDS = {
     "tracking-replay": ("mcq_ds.tracking", "push a run's local tracking record (tracking.jsonl) into MLflow"),
     "ablation": ("mcq_ds.bench.ablation", "the demo curriculum with and without MCQ over seeds: held-out retrieval "
                  "and the motion probe"),
+    "separability": ("mcq_ds.bench.separability", "which embeddings (answer, bridge, video, text) tell the answers of "
+                     "a question kind apart: why an MCQ loss sits at chance"),
 }
 # benchmarks: `mcq-ds bench NAME ...`, each module's own `main(argv)`
 BENCHMARKS = {

@@ -1,0 +1,155 @@
+"""Which of a model's embeddings tell the answers of its questions apart: for an MCQ loss that stays at chance.
+
+    python -m mcq_ds.bench.separability MODEL SHARDS [--question-type verb] [--samples 384]
+
+An MCQ loss at chance (2·ln of the global batch) can have three causes: the answers all look alike (the text tower
+does not tell the phrases apart), the bridge gives one output whatever it is asked (collapsed onto the mean answer),
+or the video holds nothing of what is asked (the bridge cannot read what the video tower does not keep). For SAMPLES
+training samples of SHARDS with the stage's questions, this embeds the answer, the bridge output, the video and the
+caption with MODEL (eval mode) and prints for each embedding:
+
+- a linear probe's accuracy at naming the sample's answer phrase on a held-out third of the samples (multinomial
+  logistic regression on standardised embeddings, fit on the other two thirds), beside the majority class's share of
+  that third (what a probe that learned nothing gets);
+- how alike the classes are (mean cosine between class centroids; 1 means that on average they cannot be told
+  apart) and how alike all outputs are (mean cosine of each embedding to the mean embedding; 1 means one output
+  for every input).
+
+Only samples whose question is of the asked kind count (a verb question falls back to a noun where a caption has no
+verb phrase), and only the `--classes` most frequent answers, each with at least 3 samples.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+EMBEDDINGS = ("answer", "bridge", "video", "text")
+
+
+@dataclass(frozen=True)
+class Separability:
+    probe_accuracy: float  # % of the held-out samples whose answer the linear probe names
+    majority: float  # % of the held-out samples in the most common class: the probe's chance
+    centroid_cosine: float  # mean cosine between the class centroids of the unit embeddings
+    spread_cosine: float  # mean cosine of each unit embedding to their mean direction
+
+
+def linear_probe(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, steps: int = 300,
+                 weight_decay: float = 1e-3) -> float:
+    """Held-out accuracy (%) of multinomial logistic regression fit on the rows `train` (a boolean mask) of x."""
+    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)  # scale-free: a collapsed but informative
+    x = (x - mean) / std                                           # embedding is found informative
+    classes = int(y.max()) + 1
+    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x[train] @ weight + bias, y[train]) + weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return 100 * ((x[~train] @ weight + bias).argmax(1) == y[~train]).float().mean().item()
+
+
+def separability(x: torch.Tensor, y: torch.Tensor) -> Separability:
+    """x: (N, D) embeddings; y: (N,) class indices 0..C-1. The first two thirds fit the probe, the rest score it."""
+    train = torch.arange(len(y)) < 2 * len(y) // 3
+    unit = F.normalize(x.double(), dim=-1)
+    centroids = F.normalize(torch.stack([unit[y == c].mean(0) for c in range(int(y.max()) + 1)]), dim=-1)
+    off_diagonal = ~torch.eye(len(centroids), dtype=torch.bool)
+    held_out = Counter(y[~train].tolist())
+    return Separability(
+        probe_accuracy=linear_probe(x.float(), y, train),
+        majority=100 * max(held_out.values()) / sum(held_out.values()),
+        centroid_cosine=(centroids @ centroids.T)[off_diagonal].mean().item(),
+        spread_cosine=(unit @ F.normalize(unit.mean(0), dim=0)).mean().item())
+
+
+def collect(model, tokenizer, shards: Path, question_type: str, frames: int, samples: int, batch_size: int,
+            seed: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The four embeddings and the answer phrase of `samples` training samples whose question is of that type."""
+    from ..data.loader import LoaderConfig, ShardLoader
+
+    loader = ShardLoader(LoaderConfig(
+        shards=shards, source="webvid", tokenizer=tokenizer, num_frames=frames, img_size=model.cfg.video.img_size,
+        batch_size=batch_size, workers=0, seed=seed, question_type=question_type, hflip=False,
+        normalisation=model.cfg.normalisation, frame_sampling="time", antialias=False))
+    found: dict[str, list[torch.Tensor]] = {name: [] for name in EMBEDDINGS}
+    phrases: list[str] = []
+    batches = itertools.islice(iter(loader), 4 * (samples // batch_size + 1))  # ends even if few are of the kind
+    with torch.no_grad():
+        for batch in batches:
+            batch = batch.to("cpu")
+            emb = model(batch.video, batch.text, batch.question, batch.answer)
+            keep = torch.tensor([kind == question_type for kind in batch.kinds])
+            for name in EMBEDDINGS:
+                found[name].append(getattr(emb, name).float()[keep])
+            answers = tokenizer.batch_decode(batch.answer.ids, skip_special_tokens=True)
+            phrases += [a.strip() for a, k in zip(answers, keep) if k]
+            if len(phrases) >= samples:
+                break
+    return {name: torch.cat(parts)[:samples] for name, parts in found.items()}, phrases[:samples]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="an mcq-ds model folder with its BridgeFormer (a stage's OUT/model)")
+    parser.add_argument("shards", type=Path, help="training shards with stored phrases (mcq-shards output)")
+    parser.add_argument("--question-type", choices=("noun", "verb"), default="verb",
+                        help="the questions to ask (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=384, help="samples to embed (default: %(default)s)")
+    parser.add_argument("--classes", type=int, default=32,
+                        help="keep the samples of the N most frequent answers (default: %(default)s)")
+    parser.add_argument("--frames", type=int, help="frames per video (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per forward pass (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="the loader's shuffle seed (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..model.loading import load_pretrained
+
+    model, tokenizer = load_pretrained(args.model)
+    if not getattr(model.cfg, "bridge", False):
+        raise SystemExit(f"{args.model}: this model has no BridgeFormer, so it asks no questions; give a "
+                         "pre-training stage's model")
+    model.eval()
+    frames = args.frames or model.cfg.video.num_frames
+    embeddings, phrases = collect(model, tokenizer, args.shards, args.question_type, frames, args.samples,
+                                  args.batch_size, args.seed)
+    counts = Counter(phrases)
+    classes = [p for p, n in counts.most_common(args.classes) if n >= 3]
+    if len(classes) < 2:
+        raise SystemExit(f"{args.shards}: {len(phrases)} {args.question_type} questions with "
+                         f"{len(classes)} answer(s) asked at least 3 times; a probe needs two (try more --samples)")
+    index = {p: i for i, p in enumerate(classes)}
+    rows = torch.tensor([p in index for p in phrases])
+    y = torch.tensor([index[p] for p in phrases if p in index])
+    print(f"{args.model}: {int(rows.sum())} {args.question_type} questions of {len(classes)} answers "
+          f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''}), {frames} frames")
+    print(f"{'embedding':10s} {'probe names the answer':>24s} {'(majority)':>11s} {'centroid cos':>13s} "
+          f"{'cos to mean':>12s}")
+    for name in EMBEDDINGS:
+        s = separability(embeddings[name][rows], y)
+        print(f"{name:10s} {s.probe_accuracy:23.1f}% {s.majority:10.1f}% {s.centroid_cosine:13.3f} "
+              f"{s.spread_cosine:12.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mcq_ds.bench.separability", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
