@@ -45,6 +45,22 @@ def test_it_reports_every_embedding_of_the_verb_questions(tiny_model, demo_shard
     assert rows["answer"][0] == "100.0%"
 
 
+def test_fitting_the_video_tower_trains_a_copy_and_scores_each_quarter(tiny_model, demo_shards):
+    from mcq_ds.bench.separability import fit_video, training_batches
+    from mcq_ds.model.loading import load_pretrained
+    from mcq_shards.synth import MOTIONS
+
+    torch.manual_seed(0)
+    model, tokenizer = load_pretrained(tiny_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = training_batches(model, tokenizer, demo_shards["webvid"], "verb", 4, 8, seed=0)
+    report = fit_video(model, batches, tokenizer, list(MOTIONS.values()), "verb", 8, 1e-3)
+    assert [step for step, _, _ in report] == [2, 4, 6, 8]
+    # scored on samples of the six answers (a 16-sample quarter's most common answer is at least 1/6 of it)
+    assert all(0 <= accuracy <= 100 and 100 / 6 <= chance <= 100 for _, accuracy, chance in report)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model itself is untouched
+
+
 def test_a_model_without_its_bridge_is_refused(tmp_path, demo_shards):
     cfg = preset("tiny")
     cfg.bridge = False

@@ -15,12 +15,19 @@ caption with MODEL (eval mode) and prints for each embedding:
   apart) and how alike all outputs are (mean cosine of each embedding to the mean embedding; 1 means one output
   for every input).
 
+`--fit-video STEPS` then asks whether the video tower could learn the answers at all in that many steps if it were
+told them directly: a copy of the video tower and a linear head on its embedding are trained with cross-entropy on
+the answer phrases of fresh training batches (AdamW at `--fit-lr`), and the accuracy on each quarter's batches is
+printed before they are trained on. A video tower that stays at chance here gets nothing from any loss in as many
+steps; the MCQ term's signal reaches it only through the bridge.
+
 Only samples whose question is of the asked kind count (a verb question falls back to a noun where a caption has no
 verb phrase), and only the `--classes` most frequent answers, each with at least 3 samples.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 from collections import Counter
 from dataclasses import dataclass
@@ -75,18 +82,27 @@ def separability(x: torch.Tensor, y: torch.Tensor) -> Separability:
         spread_cosine=(unit @ F.normalize(unit.mean(0), dim=0)).mean().item())
 
 
+def training_batches(model, tokenizer, shards: Path, question_type: str, frames: int, batch_size: int, seed: int):
+    """Endless training batches of SHARDS as a training stage would draw them (without flips)."""
+    from ..data.loader import LoaderConfig, ShardLoader
+
+    return iter(ShardLoader(LoaderConfig(
+        shards=shards, source="webvid", tokenizer=tokenizer, num_frames=frames, img_size=model.cfg.video.img_size,
+        batch_size=batch_size, workers=0, seed=seed, question_type=question_type, hflip=False,
+        normalisation=model.cfg.normalisation, frame_sampling="time", antialias=False)))
+
+
+def answer_phrases(tokenizer, batch) -> list[str]:
+    return [a.strip() for a in tokenizer.batch_decode(batch.answer.ids, skip_special_tokens=True)]
+
+
 def collect(model, tokenizer, shards: Path, question_type: str, frames: int, samples: int, batch_size: int,
             seed: int) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The four embeddings and the answer phrase of `samples` training samples whose question is of that type."""
-    from ..data.loader import LoaderConfig, ShardLoader
-
-    loader = ShardLoader(LoaderConfig(
-        shards=shards, source="webvid", tokenizer=tokenizer, num_frames=frames, img_size=model.cfg.video.img_size,
-        batch_size=batch_size, workers=0, seed=seed, question_type=question_type, hflip=False,
-        normalisation=model.cfg.normalisation, frame_sampling="time", antialias=False))
+    loader = training_batches(model, tokenizer, shards, question_type, frames, batch_size, seed)
     found: dict[str, list[torch.Tensor]] = {name: [] for name in EMBEDDINGS}
     phrases: list[str] = []
-    batches = itertools.islice(iter(loader), 4 * (samples // batch_size + 1))  # ends even if few are of the kind
+    batches = itertools.islice(loader, 4 * (samples // batch_size + 1))  # ends even if few are of the kind
     with torch.no_grad():
         for batch in batches:
             batch = batch.to("cpu")
@@ -94,11 +110,48 @@ def collect(model, tokenizer, shards: Path, question_type: str, frames: int, sam
             keep = torch.tensor([kind == question_type for kind in batch.kinds])
             for name in EMBEDDINGS:
                 found[name].append(getattr(emb, name).float()[keep])
-            answers = tokenizer.batch_decode(batch.answer.ids, skip_special_tokens=True)
-            phrases += [a.strip() for a, k in zip(answers, keep) if k]
+            phrases += [a for a, k in zip(answer_phrases(tokenizer, batch), keep) if k]
             if len(phrases) >= samples:
                 break
     return {name: torch.cat(parts)[:samples] for name, parts in found.items()}, phrases[:samples]
+
+
+def fit_video(model, batches, tokenizer, classes: list[str], question_type: str, steps: int, lr: float
+              ) -> list[tuple[int, float, float]]:
+    """Trains a copy of the video tower with a linear head to name each sample's answer among `classes`; returns
+    (steps done, accuracy %, chance %) over each quarter of the steps, each batch scored before it is trained on.
+    Samples of other answers or question kinds are left out."""
+    from ..runtime import cpu_has_native_bf16
+
+    student = copy.deepcopy(model).train()  # only what encode_video uses gets gradients, so only that moves
+    head = torch.nn.Linear(model.cfg.embed_dim, len(classes))
+    optimizer = torch.optim.AdamW([*student.parameters(), *head.parameters()], lr=lr, weight_decay=0.0)
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=cpu_has_native_bf16())
+    index = {c: i for i, c in enumerate(classes)}
+    report, right, seen, common = [], 0, 0, Counter()
+    for step in range(1, steps + 1):
+        keep: list[int] = []
+        for _ in range(100):  # a batch without a sample of these answers is passed over
+            batch = next(batches).to("cpu")
+            answers = answer_phrases(tokenizer, batch)
+            keep = [i for i, (a, k) in enumerate(zip(answers, batch.kinds)) if k == question_type and a in index]
+            if keep:
+                break
+        else:
+            raise ValueError(f"100 batches in a row without a {question_type} question answered by one of {classes}")
+        y = torch.tensor([index[answers[i]] for i in keep], dtype=torch.long)
+        with autocast:
+            logits = head(10 * F.normalize(student.encode_video(batch.video[keep]), dim=-1))  # τ = 0.1
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        right, seen = right + int((logits.argmax(1) == y).sum()), seen + len(y)
+        common.update(y.tolist())
+        if step % max(1, steps // 4) == 0 or step == steps:
+            report.append((step, 100 * right / seen, 100 * max(common.values()) / seen))
+            right, seen, common = 0, 0, Counter()
+    return report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +165,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, help="frames per video (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per forward pass (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="the loader's shuffle seed (default: %(default)s)")
+    parser.add_argument("--fit-video", type=int, default=0, metavar="STEPS",
+                        help="then train a copy of the video tower to name the answers directly for STEPS batches "
+                        "(default: 0, not done)")
+    parser.add_argument("--fit-lr", type=float, default=1e-3, help="AdamW learning rate of --fit-video "
+                        "(default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,6 +199,14 @@ def run(args: argparse.Namespace) -> int:
         s = separability(embeddings[name][rows], y)
         print(f"{name:10s} {s.probe_accuracy:23.1f}% {s.majority:10.1f}% {s.centroid_cosine:13.3f} "
               f"{s.spread_cosine:12.3f}")
+    if args.fit_video:
+        batches = training_batches(model, tokenizer, args.shards, args.question_type, frames, args.batch_size,
+                                   args.seed + 1)
+        print(f"video tower told the answers directly (cross-entropy, lr {args.fit_lr:g}): accuracy on batches not "
+              "yet trained on")
+        for step, accuracy, chance in fit_video(model, batches, tokenizer, classes, args.question_type,
+                                                args.fit_video, args.fit_lr):
+            print(f"  up to step {step:5d}: {accuracy:5.1f}% (most common answer {chance:.1f}%)", flush=True)
     return 0
 
 
