@@ -12,6 +12,18 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory):
+    """A randomly initialised tiny model (seed 0) as a model folder, as a training stage exports one."""
+    from mcq_ds.model import create_model, create_tokenizer, preset, save_pretrained
+
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    folder = tmp_path_factory.mktemp("tiny-model") / "model"
+    save_pretrained(create_model(cfg), create_tokenizer(cfg), folder)
+    return folder
+
+
 def _mcq_shards(*args: str) -> None:
     import subprocess
     import sys

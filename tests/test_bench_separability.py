@@ -26,12 +26,8 @@ def test_an_embedding_without_the_answer_is_at_chance():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = preset("tiny")
-    folder = tmp_path_factory.mktemp("separability") / "model"
-    save_pretrained(create_model(cfg), create_tokenizer(cfg), folder)
-    return folder
+def tiny_model(tiny_model_folder):
+    return tiny_model_folder
 
 
 def test_it_reports_every_embedding_of_the_verb_questions(tiny_model, demo_shards, capsys):

@@ -9,7 +9,7 @@ import torch
 from mcq_ds.cli import main
 from mcq_ds.eval.benchmarks import PAPER, comparison_table, family_of, setting
 from mcq_ds.eval.extract import read_ids
-from mcq_ds.model import create_model, create_tokenizer, preset, save_pretrained
+from mcq_ds.model import create_model, preset
 from mcq_shards.manifest import read_manifest
 from test_eval_extract import one_thread  # noqa: F401 - one intra-op thread for tiny models on a shared CPU
 
@@ -17,12 +17,8 @@ FAST = ["--workers", "0", "--quiet", "--batch-size", "4"]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = preset("tiny")
-    folder = tmp_path_factory.mktemp("bench-model") / "model"
-    save_pretrained(create_model(cfg), create_tokenizer(cfg), folder)
-    return folder
+def model(tiny_model_folder):
+    return tiny_model_folder
 
 
 def stored(shards) -> list[dict]:
