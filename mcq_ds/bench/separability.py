@@ -87,7 +87,7 @@ def training_batches(model, tokenizer, shards: Path, question_type: str, frames:
     from ..data.loader import LoaderConfig, ShardLoader
 
     return iter(ShardLoader(LoaderConfig(
-        shards=shards, source="webvid", tokenizer=tokenizer, num_frames=frames, img_size=model.cfg.video.img_size,
+        shards=shards, source=Path(shards).name, tokenizer=tokenizer, num_frames=frames, img_size=model.cfg.video.img_size,
         batch_size=batch_size, workers=0, seed=seed, question_type=question_type, hflip=False,
         normalisation=model.cfg.normalisation, frame_sampling="time", antialias=False)))
 
@@ -175,6 +175,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..model.loading import load_pretrained
 
+    for name, least in (("samples", 6), ("classes", 2), ("batch_size", 1), ("fit_video", 0)):
+        if getattr(args, name) < least:
+            raise SystemExit(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
     model, tokenizer = load_pretrained(args.model)
     if not getattr(model.cfg, "bridge", False):
         raise SystemExit(f"{args.model}: this model has no BridgeFormer, so it asks no questions; give a "
