@@ -57,6 +57,24 @@ def test_fitting_the_video_tower_trains_a_copy_and_scores_each_quarter(tiny_mode
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model itself is untouched
 
 
+def test_grown_temporal_attention_starts_as_the_same_video_function(tiny_model):
+    from mcq_ds.bench.separability import with_temporal_attention
+    from mcq_ds.model.loading import load_pretrained
+
+    model, _ = load_pretrained(tiny_model)
+    grown = with_temporal_attention(model)
+    assert grown.cfg.video.temporal_attention and not model.cfg.video.temporal_attention
+    assert any(".timeattn." in k for k in grown.state_dict())
+    video = torch.randn(2, 4, 3, model.cfg.video.img_size, model.cfg.video.img_size)
+    with torch.no_grad():
+        assert torch.allclose(grown.eval().encode_video(video), model.eval().encode_video(video), atol=1e-6)
+        # and it is order-aware once its temporal attention moves off zero
+        for name, p in grown.named_parameters():
+            if ".timeattn.qkv." in name or "temporal_embed" in name:
+                p.add_(0.1 * torch.randn_like(p))
+        assert not torch.allclose(grown.encode_video(video), grown.encode_video(video.flip(1)), atol=1e-4)
+
+
 def test_a_model_without_its_bridge_is_refused(tmp_path, demo_shards):
     cfg = preset("tiny")
     cfg.bridge = False

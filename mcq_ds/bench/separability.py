@@ -19,7 +19,9 @@ caption with MODEL (eval mode) and prints for each embedding:
 told them directly: a copy of the video tower and a linear head on its embedding are trained with cross-entropy on
 the answer phrases of fresh training batches (AdamW at `--fit-lr`), and the accuracy on each quarter's batches is
 printed before they are trained on. A video tower that stays at chance here gets nothing from any loss in as many
-steps; the MCQ term's signal reaches it only through the bridge.
+steps; the MCQ term's signal reaches it only through the bridge. With `--fit-temporal` the copy gains Frozen-in-Time's
+divided space-time attention (the VideoFormer's `temporal_attention`, zero-initialised, so it starts as the same
+function): whether a video tower that can compare frames position by position would learn them.
 
 Only samples whose question is of the asked kind count (a verb question falls back to a noun where a caption has no
 verb phrase), and only the `--classes` most frequent answers, each with at least 3 samples.
@@ -116,14 +118,33 @@ def collect(model, tokenizer, shards: Path, question_type: str, frames: int, sam
     return {name: torch.cat(parts)[:samples] for name, parts in found.items()}, phrases[:samples]
 
 
-def fit_video(model, batches, tokenizer, classes: list[str], question_type: str, steps: int, lr: float
-              ) -> list[tuple[int, float, float]]:
+def with_temporal_attention(model):
+    """A copy of an MCQ-family model whose VideoFormer gains divided space-time attention, zero-initialised (its
+    output is exactly that of the model until it trains); every other weight is the model's."""
+    from ..model import create_model
+
+    if not hasattr(model.cfg.video, "temporal_attention"):
+        raise SystemExit("--fit-temporal needs an MCQ-family model (a VideoFormer); this one has a CLIP vision tower")
+    cfg = copy.deepcopy(model.cfg)
+    cfg.video.temporal_attention = True
+    grown = create_model(cfg)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    new = [k for k in missing if not k.startswith("video_model.") or not
+           any(part in k for part in (".timeattn.", ".norm3.", "temporal_embed"))]
+    if new or unexpected:
+        raise RuntimeError(f"unexpected keys growing temporal attention: missing {new}, unexpected {unexpected}")
+    return grown
+
+
+def fit_video(model, batches, tokenizer, classes: list[str], question_type: str, steps: int, lr: float,
+              temporal: bool = False) -> list[tuple[int, float, float]]:
     """Trains a copy of the video tower with a linear head to name each sample's answer among `classes`; returns
     (steps done, accuracy %, chance %) over each quarter of the steps, each batch scored before it is trained on.
     Samples of other answers or question kinds are left out."""
     from ..runtime import cpu_has_native_bf16
 
-    student = copy.deepcopy(model).train()  # only what encode_video uses gets gradients, so only that moves
+    # only what encode_video uses gets gradients, so only that moves
+    student = (with_temporal_attention(model) if temporal else copy.deepcopy(model)).train()
     head = torch.nn.Linear(model.cfg.embed_dim, len(classes))
     optimizer = torch.optim.AdamW([*student.parameters(), *head.parameters()], lr=lr, weight_decay=0.0)
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=cpu_has_native_bf16())
@@ -168,6 +189,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-video", type=int, default=0, metavar="STEPS",
                         help="then train a copy of the video tower to name the answers directly for STEPS batches "
                         "(default: 0, not done)")
+    parser.add_argument("--fit-temporal", action="store_true", help="with --fit-video: give the copy divided "
+                        "space-time attention first (zero-initialised)")
     parser.add_argument("--fit-lr", type=float, default=1e-3, help="AdamW learning rate of --fit-video "
                         "(default: %(default)s)")
 
@@ -178,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
     for name, least in (("samples", 6), ("classes", 2), ("batch_size", 1), ("fit_video", 0)):
         if getattr(args, name) < least:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
+    if args.fit_temporal and not args.fit_video:
+        raise SystemExit("--fit-temporal changes what --fit-video trains; give --fit-video STEPS with it")
     model, tokenizer = load_pretrained(args.model)
     if not getattr(model.cfg, "bridge", False):
         raise SystemExit(f"{args.model}: this model has no BridgeFormer, so it asks no questions; give a "
@@ -205,10 +230,10 @@ def run(args: argparse.Namespace) -> int:
     if args.fit_video:
         batches = training_batches(model, tokenizer, args.shards, args.question_type, frames, args.batch_size,
                                    args.seed + 1)
-        print(f"video tower told the answers directly (cross-entropy, lr {args.fit_lr:g}): accuracy on batches not "
-              "yet trained on")
+        print(f"video tower{' with temporal attention' if args.fit_temporal else ''} told the answers directly "
+              f"(cross-entropy, lr {args.fit_lr:g}): accuracy on batches not yet trained on")
         for step, accuracy, chance in fit_video(model, batches, tokenizer, classes, args.question_type,
-                                                args.fit_video, args.fit_lr):
+                                                args.fit_video, args.fit_lr, args.fit_temporal):
             print(f"  up to step {step:5d}: {accuracy:5.1f}% (most common answer {chance:.1f}%)", flush=True)
     return 0
 
