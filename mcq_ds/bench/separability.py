@@ -128,11 +128,13 @@ def with_temporal_attention(model):
     cfg = copy.deepcopy(model.cfg)
     cfg.video.temporal_attention = True
     grown = create_model(cfg)
-    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    new = [k for k in missing if not k.startswith("video_model.") or not
-           any(part in k for part in (".timeattn.", ".norm3.", "temporal_embed"))]
-    if new or unexpected:
-        raise RuntimeError(f"unexpected keys growing temporal attention: missing {new}, unexpected {unexpected}")
+    state = model.state_dict()
+    added = {k: v for k, v in grown.state_dict().items() if k not in state}  # its zero-initialised temporal weights
+    foreign = [k for k in added if not k.startswith("video_model.")
+               or not any(part in k for part in (".timeattn.", ".norm3.", "temporal_embed"))]
+    if foreign:
+        raise RuntimeError(f"growing temporal attention added keys that are not temporal attention: {foreign}")
+    grown.load_state_dict({**state, **added}, strict=True)
     return grown
 
 
