@@ -38,6 +38,9 @@ class VideoConfig:
         return (self.img_size // self.patch_size) ** 2
 
 
+TEXT_POOLINGS = ("cls", "mean")
+
+
 @dataclass
 class TextConfig:
     """The TextFormer: a Hugging Face DistilBERT (or BERT, converted on load) read from a local folder.
@@ -52,6 +55,13 @@ class TextConfig:
     arch: dict[str, Any] = field(default_factory=dict)
     tokenizer: str | None = None
     max_length: int = 512
+    # How a caption's token states become its embedding: "cls", the [CLS] state (MCQ with DistilBERT), or "mean",
+    # the mean over its real tokens, for encoders pre-trained that way (all-MiniLM-L6-v2, the demo's).
+    pooling: str = "cls"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text pooling must be one of {TEXT_POOLINGS}, got {self.pooling!r}")
 
 
 @dataclass

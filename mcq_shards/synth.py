@@ -3,15 +3,17 @@
 The README's main command has to convert and train on *something* without downloading anything, and
 what it trains on should make the MCQ pretext task meaningful: noun questions ("what is red?") must be
 answerable from a single frame, verb questions ("what does the square do?") only from several frames.
-So every clip is one coloured shape on a textured background that rests, sways, bobs, orbits, spins or
-pulses, and its caption names all of that ("a red square is swaying on a striped background").
+So every clip is one coloured shape on a textured background that rests, sways, orbits, pulses, blinks or
+flashes, and its caption names all of that ("a red square is swaying on a striped background").
 
 The motions are the ones MCQ's VideoFormer can see. It has no temporal position and its frames meet only
 in the [CLS] token, so it sees a clip's frames as an unordered set: "moving left" and "moving right" (or
 growing and shrinking) are the same set of frames, and no verb question about them can be answered. Each
-motion here differs from the others in the set of frames it leaves (the positions on a horizontal line, a
-vertical line or a circle, the orientations, the sizes, or one pose repeated), while any single frame of
-it could come from any motion. Each motion has one wording, a verb phrase the offline parser takes whole
+motion here differs from the others in the set of frames it leaves (the positions on a horizontal line or
+a circle, the sizes, frames with and without the shape, light and dark shapes, or one pose repeated),
+while any single frame of it could come from most motions. Three of them change what a frame shows (its
+size, its presence, its brightness) and three where it is; a tiny VideoFormer trained from scratch learns
+the first kind in a few hundred steps and the second far more slowly, which is why both are here. Each motion has one wording, a verb phrase the offline parser takes whole
 ("is swaying"), so a verb question masks all of the motion and nothing else names it.
 Some (colour, shape, motion) combinations never occur in training and make up the MSR-VTT-style test
 split, so zero-shot retrieval measures composition, not memorisation.
@@ -64,10 +66,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 MOTIONS: dict[str, str] = {
     "rest": "is resting",  # the same pose in every frame
     "sway": "is swaying",  # side to side: positions on a horizontal line
-    "bob": "is bobbing",  # up and down: positions on a vertical line
     "orbit": "is orbiting",  # around a circle
-    "spin": "is spinning",  # turning in place
     "pulse": "is pulsing",  # growing and shrinking in place
+    "blink": "is blinking",  # there in some frames, gone in others: on and off twice per clip
+    "flash": "is flashing",  # light and dark in turn, twice per clip
 }
 
 # Texture key -> (modifier, noun phrase) for "on a striped background" / "against stripes". Not
@@ -83,9 +85,6 @@ BACKGROUNDS: dict[str, tuple[str, str]] = {
 # a few dozen steps but needs hundreds to tell patterns apart; with a tint of its own, the background is as quick to
 # learn as the shape's colour, and what stays hard is what needs more than colour: the shape, and the motion.
 TINTS: dict[str, float] = {"stripes": 0.6, "dots": 0.08, "checkerboard": 0.35, "speckles": 0.85}
-
-# A spinning circle looks still, so that combination is never rendered.
-EXCLUDED: frozenset[tuple[str, str]] = frozenset({("circle", "spin")})
 
 # (colour, shape, motion) combinations withheld from training. Times the four backgrounds this gives
 # 100 distinct test descriptions, the default test-split size.
@@ -103,9 +102,12 @@ IMAGE_TEMPLATES = (
 )
 
 SHAPE_RADIUS = 0.19  # radius of a circle of the common shape area, as a fraction of the frame side
-SWING = 0.2  # amplitude of swaying, bobbing and orbiting, as a fraction of the frame side
+SWING = 0.2  # amplitude of swaying and orbiting, as a fraction of the frame side
 SCALES = (0.8, 1.2)  # the shape's size range; pulsing sweeps 0.7-1.3, so one frame's size says little
 PULSE = 0.3
+# Flashing alternates the shape's brightness between 1 - BRIGHT and 1 + BRIGHT (0: black, 1: its colour, 2: white);
+# every other clip keeps one brightness drawn from that range, so one frame's brightness says little.
+BRIGHT = 0.3
 IMAGE_SIZES = ((1.0, 1.0), (4 / 3, 1.0), (1.0, 4 / 3))  # (width, height) factors: CC3M is not square
 
 
@@ -177,6 +179,8 @@ class Pose(NamedTuple):
     y: float
     scale: float
     angle: float
+    opacity: float = 1.0  # 0: not drawn
+    brightness: float = 1.0  # below 1 mixes the colour toward black, above 1 toward white
 
 
 @dataclass(frozen=True)
@@ -219,24 +223,25 @@ class Trajectory:
 
     centre: Pose
     motion: str = "rest"  # a MOTIONS key
-    amplitude: float = 0.0  # pixels (sway, bob, orbit), scale (pulse), radians over the clip (spin)
+    amplitude: float = 0.0  # pixels (sway, orbit), scale (pulse)
     phase: float = 0.0  # where in its period the motion starts, in periods
 
     def at(self, t: float) -> Pose:
         """The pose at time t of the clip, 0 (first frame) to 1 (last)."""
-        x, y, scale, angle = self.centre
+        x, y, scale, angle, opacity, brightness = self.centre
         wave = 2 * math.pi * (t + self.phase)
+        first_half_period = (t + self.phase) % 0.5 < 0.25  # blinking and flashing: two periods per clip
         if self.motion == "sway":
             x += self.amplitude * math.sin(wave)
-        elif self.motion == "bob":
-            y += self.amplitude * math.sin(wave)
         elif self.motion == "orbit":
             x, y = x + self.amplitude * math.cos(wave), y + self.amplitude * math.sin(wave)
         elif self.motion == "pulse":
             scale += self.amplitude * math.sin(wave)
-        elif self.motion == "spin":
-            angle += self.amplitude * t
-        return Pose(x, y, scale, angle)
+        elif self.motion == "blink":
+            opacity = 1.0 if first_half_period else 0.0
+        elif self.motion == "flash":
+            brightness = 1 + BRIGHT if first_half_period else 1 - BRIGHT
+        return Pose(x, y, scale, angle, opacity, brightness)
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,10 @@ class Scene:
         outline = SHAPES[self.shape]
         frames = np.repeat(np.rint(background).astype(np.uint8)[None], self.frames, axis=0)
         for frame, t in zip(frames, np.linspace(0.0, 1.0, self.frames)):
-            x, y, scale, angle = self.trajectory.at(t)
+            x, y, scale, angle, opacity, brightness = self.trajectory.at(t)
+            if opacity <= 0:
+                continue
+            shade = colour * brightness if brightness <= 1 else colour + (255 - colour) * (brightness - 1)
             unit = SHAPE_RADIUS * min(self.width, self.height) * scale  # pixels per outline unit
             reach = outline.extent * unit + 1
             top, bottom = max(0, math.floor(y - reach)), min(self.height, math.ceil(y + reach))
@@ -270,9 +278,9 @@ class Scene:
             gy, gx = np.mgrid[top:bottom, left:right].astype(np.float32) + 0.5
             dx, dy = gx - np.float32(x), gy - np.float32(y)
             edge = outline.radius(np.arctan2(dy, dx) - np.float32(angle)) * np.float32(unit)
-            alpha = np.clip(0.5 + edge - np.hypot(dx, dy), 0, 1)[..., None]
+            alpha = opacity * np.clip(0.5 + edge - np.hypot(dx, dy), 0, 1)[..., None]
             box = background[top:bottom, left:right]
-            frame[top:bottom, left:right] = np.rint(box + (colour - box) * alpha).astype(np.uint8)
+            frame[top:bottom, left:right] = np.rint(box + (shade - box) * alpha).astype(np.uint8)
         return frames
 
 
@@ -288,7 +296,7 @@ def _caption(template: str, colour: str, shape: str, background: str, motion: st
 
 def all_combos() -> list[Combo]:
     """Every (colour, shape, motion) that can be rendered, in vocabulary order."""
-    return [c for c in itertools.product(COLOURS, SHAPES, MOTIONS) if c[1:] not in EXCLUDED]
+    return list(itertools.product(COLOURS, SHAPES, MOTIONS))
 
 
 def hold_out(rng: np.random.Generator, count: int = HELD_OUT) -> list[Combo]:
@@ -338,14 +346,13 @@ def _trajectory(rng: np.random.Generator, shape: str, motion: str, side: int) ->
     angle = rng.uniform(0, outline.symmetry)
     scale = 1.0 if motion == "pulse" else rng.uniform(*SCALES)
     margin = outline.extent * SHAPE_RADIUS * side * (scale + PULSE * (motion == "pulse")) + 1
-    reach = min(SWING * side, (side - 2 * margin) / 2) if motion in ("sway", "bob", "orbit") else 0.0
-    across = reach if motion in ("sway", "orbit") else 0.0
-    along = reach if motion in ("bob", "orbit") else 0.0
+    reach = min(SWING * side, (side - 2 * margin) / 2) if motion in ("sway", "orbit") else 0.0
+    across = reach
+    along = reach if motion == "orbit" else 0.0
     x, y = (margin + a + rng.uniform(0, 1) * max(0.0, side - 2 * (margin + a)) for a in (across, along))
-    amplitude = {"sway": reach, "bob": reach, "orbit": reach, "pulse": PULSE,
-                 # about one and a half symmetry periods: no two of a few evenly spaced frames look alike
-                 "spin": rng.uniform(1.35, 1.65) * outline.symmetry * rng.choice((-1, 1))}.get(motion, 0.0)
-    return Trajectory(Pose(x, y, scale, angle), motion, amplitude, rng.uniform(0, 1))
+    amplitude = {"sway": reach, "orbit": reach, "pulse": PULSE}.get(motion, 0.0)
+    brightness = 1.0 if motion == "flash" else rng.uniform(1 - BRIGHT, 1 + BRIGHT)
+    return Trajectory(Pose(x, y, scale, angle, 1.0, brightness), motion, amplitude, rng.uniform(0, 1))
 
 
 @dataclass(frozen=True)
@@ -539,7 +546,6 @@ def synthesize(out_dir: str | os.PathLike, *, seed: int = 0, train_videos: int =
             "motions": dict(MOTIONS),
             "backgrounds": {k: {"modifier": m, "noun": n} for k, (m, n) in BACKGROUNDS.items()},
         },
-        "never_rendered": [list(pair) for pair in sorted(EXCLUDED)],
         "held_out": [list(c) for c in held_out],
         "paths": {
             "webvid_csv": "webvid/results_train.csv",
@@ -605,8 +611,8 @@ def _run_jobs(jobs: list[tuple[Path, Scene, int]], workers: int | None, progress
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `mcq-shards synth`; mcq_shards/cli.py registers them on its subparser."""
     parser.description = (
-        "Render the embedded demo data set: coloured shapes on textured backgrounds that rest, sway, bob, "
-        "orbit, spin or pulse, with captions that name them. Writes raw data in the published layouts: "
+        "Render the embedded demo data set: coloured shapes on textured backgrounds that rest, sway, orbit, "
+        "pulse, blink or flash, with captions that name them. Writes raw data in the published layouts: "
         "OUT/webvid (results_train.csv + videos/<page_dir>/<videoid>.mp4), OUT/cc3m "
         "(Train_GCC-training.tsv + img2dataset-named JPEGs), OUT/msrvtt (MSR_VTT.json, 1k-A and 7k split "
         "files, videos/all), small OUT/msvd, OUT/lsmdc and OUT/didemo sets and OUT/synth.json. Held-out "

@@ -70,14 +70,31 @@ def test_question_padding_is_masked_and_real_tokens_are_not():
     assert torch.allclose(changed[1:], ref[1:], atol=1e-6)
 
 
-def test_one_batched_text_pass_equals_separate_passes():
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_one_batched_text_pass_equals_separate_passes(pooling):
     cfg = tiny_config()
+    cfg.text.pooling = pooling
     model = MCQ(cfg).eval()
     video, text, question, answer = batch(cfg, 4)
     out = model(video, text, question, answer)
     assert torch.allclose(out.text, model.encode_text(text), atol=1e-5)
     assert torch.allclose(out.answer, model.encode_text(answer), atol=1e-5)
     assert torch.allclose(out.video, model.encode_video(video), atol=1e-5)
+
+
+def test_mean_pooling_averages_the_real_tokens_only():
+    cfg = tiny_config()
+    cfg.text.pooling = "mean"
+    model = MCQ(cfg).eval()
+    _, text, _, _ = batch(cfg, 1)
+    states, _ = model.text_model(text.ids, text.mask)
+    for i in range(len(text.ids)):
+        real = states[i, text.mask[i].bool()]
+        expected = model.text_proj(real.mean(0, keepdim=True))
+        assert torch.allclose(model.encode_text(Tokens(text.ids[i:i + 1], text.mask[i:i + 1])), expected, atol=1e-5)
+    assert not torch.allclose(model.encode_text(text), MCQ(tiny_config()).eval().encode_text(text), atol=1e-3)
+    with pytest.raises(ValueError, match="text pooling must be one of \\('cls', 'mean'\\), got 'max'"):
+        TextConfig(pooling="max")
 
 
 def test_video_embedding_ignores_frame_order_unless_temporal_attention_is_on():

@@ -113,7 +113,12 @@ class MCQ(ThreeFormer):
 
     def _text_pass(self, ids, mask, hidden_states):
         last, hidden = self.text_model(ids, mask, hidden_states=hidden_states)
-        return self.text_proj(last[:, 0]), hidden
+        if self.cfg.text.pooling == "mean":
+            weights = mask.unsqueeze(-1).to(last.dtype)
+            pooled = (last * weights).sum(1) / weights.sum(1).clamp_min(1)
+        else:
+            pooled = last[:, 0]
+        return self.text_proj(pooled), hidden
 
     def _video_pass(self, video, keep_block_inputs):
         cls, block_inputs = self.video_model(video, keep_block_inputs=keep_block_inputs)
