@@ -63,3 +63,12 @@ def test_table_gives_the_spread_over_seeds_and_of_the_paired_difference():
 def test_missing_shards_are_named(tmp_path, capsys):
     assert main(["ablation", str(tmp_path)]) == 2
     assert "lacks cc3m, webvid, msrvtt-test" in capsys.readouterr().err
+
+
+def test_verb_answers_are_averaged_over_the_last_third_of_the_logged_steps(tmp_path):
+    events = [{"event": "params", "params": {}}]
+    events += [{"event": "metrics", "step": 10 * i, "metrics": {"mcq_accuracy_verb": a, "mcq_chance_verb": 20.0 + i}}
+               for i, a in enumerate([10, 90, 20, 30, 40, 50], 1)]
+    events.append({"event": "metrics", "step": 70, "metrics": {"loss": 1.0}})  # a metric line without answers
+    (tmp_path / "tracking.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert ablation._late_answer_accuracy(tmp_path) == {"mcq_accuracy_verb": 45.0, "mcq_chance_verb": 25.5}

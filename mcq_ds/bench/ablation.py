@@ -7,8 +7,8 @@ same shards with the same seed, so the same initial weights, the same batches in
 of optimizer steps: MCQ (`--mcq-weight 1`, the paper's objective) and the dual encoder alone (`--mcq-weight 0`, the
 paper's baseline, the BridgeFormer never run). Each final model is evaluated zero-shot on the held-out test split:
 text→video R@1/5/10 and the motion probe (`mcq_ds.eval.probe`). The table gives the mean ± standard deviation over
-seeds of each arm and of the per-seed difference (MCQ − baseline), and the verb stage's last MCQ answer accuracy
-beside its chance level. Every training and evaluation run goes to one MLflow experiment (run names say the arm and
+seeds of each arm and of the per-seed difference (MCQ − baseline), and the verb stage's MCQ answer accuracy over the
+last third of its steps beside its chance level. Every training and evaluation run goes to one MLflow experiment (run names say the arm and
 the seed), so the curves sit side by side; everything lands in OUT (default: beside the shards, `ablation/`), and a
 rerun skips what is already there. Training takes the demo's recipe (the stage presets with launch/demo.sh's flags,
 DEMO_FLAGS); `--train-flags` adds `mcq-ds train` flags to every training run of both arms (later flags win).
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shlex
 import statistics
 import sys
@@ -78,14 +79,16 @@ def _evaluate(args: argparse.Namespace, model: Path, arm: str, seed: int) -> dic
     return json.loads(out.read_text())
 
 
-def _last_answer_accuracy(run: Path) -> dict[str, float]:
-    """The verb stage's last logged MCQ answer accuracy and chance level for verb questions (MCQ arm only)."""
-    found = {}
+def _late_answer_accuracy(run: Path) -> dict[str, float]:
+    """The verb stage's MCQ answer accuracy and chance level for verb questions (MCQ arm only), each averaged over the
+    last third of the stage's logged steps: one logged value is one batch's, a few dozen answers."""
+    logged = []
     for line in (run / "tracking.jsonl").read_text().splitlines():
         event = json.loads(line)
         if event["event"] == "metrics" and "mcq_accuracy_verb" in event["metrics"]:
-            found = {k: event["metrics"][k] for k in ("mcq_accuracy_verb", "mcq_chance_verb")}
-    return found
+            logged.append(event["metrics"])
+    late = logged[-math.ceil(len(logged) / 3):] if logged else []
+    return {k: statistics.mean(m[k] for m in late) for k in ("mcq_accuracy_verb", "mcq_chance_verb")} if late else {}
 
 
 def _spread(values: list[float]) -> str:
@@ -98,7 +101,8 @@ def table(results: dict[str, dict[int, dict]]) -> str:
     """Markdown: one row per arm and one for the per-seed difference, mean ± standard deviation over seeds."""
     seeds = sorted(results["mcq"])
     value = {arm: {name: [_get(results[arm][s], path) for s in seeds] for name, path in REPORTED} for arm in ARMS}
-    rows = [f"| arm ({len(seeds)} seeds) | " + " | ".join(name for name, _ in REPORTED) + " | verb answers (chance) |",
+    rows = [f"| arm ({len(seeds)} seeds) | " + " | ".join(name for name, _ in REPORTED)
+            + " | verb answers, last third of the verb stage (chance) |",
             "|---" * (len(REPORTED) + 2) + "|"]
     for arm, label in (("mcq", "MCQ (`--mcq-weight 1`)"), ("baseline", "dual encoder alone (`--mcq-weight 0`)")):
         answers = [results[arm][s].get("answers", {}) for s in seeds]
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             model = _train(args, out, arm, seed)
             results[arm][seed] = _evaluate(args, model, arm, seed)
             if ARMS[arm]:
-                results[arm][seed]["answers"] = _last_answer_accuracy(model.parent)
+                results[arm][seed]["answers"] = _late_answer_accuracy(model.parent)
     text = table(results)
     (out / "results.json").write_text(json.dumps({"seeds": args.seeds, "results": results}, indent=2) + "\n")
     (out / "table.md").write_text(text + "\n")
