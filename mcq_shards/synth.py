@@ -13,8 +13,9 @@ motion here differs from the others in the set of frames it leaves (the position
 a circle, the sizes, frames with and without the shape, light and dark shapes, or one pose repeated),
 while any single frame of it could come from most motions. Three of them change what a frame shows (its
 size, its presence, its brightness) and three where it is; a tiny VideoFormer trained from scratch learns
-the first kind in a few hundred steps and the second far more slowly, which is why both are here. Each motion has one wording, a verb phrase the offline parser takes whole
-("is swaying"), so a verb question masks all of the motion and nothing else names it.
+the first kind in a few hundred steps and the second far more slowly, which is why both are here. Each
+motion has one wording, a verb phrase the offline parser takes whole ("is swaying"), so a verb question
+masks all of the motion and nothing else names it.
 Some (colour, shape, motion) combinations never occur in training and make up the MSR-VTT-style test
 split, so zero-shot retrieval measures composition, not memorisation.
 

@@ -8,10 +8,11 @@ of optimizer steps: MCQ (`--mcq-weight 1`, the paper's objective) and the dual e
 paper's baseline, the BridgeFormer never run). Each final model is evaluated zero-shot on the held-out test split:
 text→video R@1/5/10 and the motion probe (`mcq_ds.eval.probe`). The table gives the mean ± standard deviation over
 seeds of each arm and of the per-seed difference (MCQ − baseline), and the verb stage's MCQ answer accuracy over the
-last third of its steps beside its chance level. Every training and evaluation run goes to one MLflow experiment (run names say the arm and
-the seed), so the curves sit side by side; everything lands in OUT (default: beside the shards, `ablation/`), and a
-rerun skips what is already there. Training takes the demo's recipe (the stage presets with launch/demo.sh's flags,
-DEMO_FLAGS); `--train-flags` adds `mcq-ds train` flags to every training run of both arms (later flags win).
+last third of its steps beside its chance level. Every training and evaluation run goes to one MLflow experiment
+(run names say the arm and the seed), so the curves sit side by side; everything lands in OUT (default: beside the
+shards, `ablation/`), and a rerun skips what is already there. Training takes the demo's recipe (the stage presets
+with launch/demo.sh's flags, DEMO_FLAGS); `--train-flags` adds `mcq-ds train` flags to every training run of both
+arms (later flags win).
 """
 from __future__ import annotations
 
