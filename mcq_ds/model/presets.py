@@ -36,7 +36,7 @@ def preset(name: str) -> MCQConfig | CLIPMCQConfig:
     if name == "demo":  # the tiny VideoFormer + the real pre-trained all-MiniLM-L6-v2 text encoder (a package ships
         # it): from scratch, text encoders this small give a near-constant [CLS] and the contrastive loss settles at
         # chance within the demo's few minutes. Pooled by the mean of its token states, as it was pre-trained: its
-        # [CLS] state barely tells the demo's verb phrases apart (mean cosine 0.65 between them, 0.28 mean-pooled)
+        # [CLS] state barely tells the demo's verb phrases apart (mean cosine 0.65 between them, 0.28 pooled)
         cfg = preset("tiny")
         cfg.text = TextConfig(pretrained=str(default_vocab().parent), max_length=64, pooling="mean")
         return cfg
