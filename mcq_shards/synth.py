@@ -295,6 +295,26 @@ def _caption(template: str, colour: str, shape: str, background: str, motion: st
                            modifier=modifier, noun=noun)
 
 
+class Described(NamedTuple):
+    """What a demo caption names; "" for a part it does not name (a still has no motion)."""
+    colour: str
+    shape: str
+    motion: str
+    background: str
+
+
+def describe(caption: str) -> Described:
+    """The colour, shape, motion and background that one of this module's captions names (the inverse of
+    `_caption` over the vocabulary), for analyses that ask which of them a model tells apart."""
+    words = set(caption.replace(",", " ").split())
+    colour = next((c for c in COLOURS if c in words), "")
+    shape = next((s for s in SHAPES if s in words), "")
+    motion = next((m for m, phrase in MOTIONS.items() if phrase in caption), "")
+    background = next((b for b, (modifier, noun) in BACKGROUNDS.items()
+                       if f"{modifier} background" in caption or caption.endswith((f"against {noun}", f" on {noun}"))), "")
+    return Described(colour, shape, motion, background)
+
+
 def all_combos() -> list[Combo]:
     """Every (colour, shape, motion) that can be rendered, in vocabulary order."""
     return list(itertools.product(COLOURS, SHAPES, MOTIONS))

@@ -47,11 +47,8 @@ def decode(path: Path) -> tuple[np.ndarray, av.video.stream.VideoStream]:
 
 
 def parse(caption: str) -> tuple[str, str, str]:
-    """(colour, shape, motion) named by a caption, via the vocabulary."""
-    colour = next(c for c in synth.COLOURS if re.search(rf"\b{c}\b", caption))
-    shape = next(s for s in synth.SHAPES if re.search(rf"\b{s}\b", caption))
-    motion = next(m for m, phrase in synth.MOTIONS.items() if phrase in caption)
-    return colour, shape, motion
+    """(colour, shape, motion) named by a caption."""
+    return synth.describe(caption)[:3]
 
 
 def msrvtt(out: Path) -> tuple[dict, list[str], list[str], dict[str, list[str]]]:
@@ -261,6 +258,17 @@ def test_module_help():
     result = subprocess.run([sys.executable, "-m", "mcq_shards.synth", "--help"], capture_output=True, text=True,
                             check=True)
     assert "--train-videos" in result.stdout and "held-out" in result.stdout.lower()
+
+
+def test_describe_reads_back_every_caption_wording():
+    for colour, shape, background in itertools.product(synth.COLOURS, synth.SHAPES, synth.BACKGROUNDS):
+        for motion, phrase in synth.MOTIONS.items():
+            for template in synth.VIDEO_TEMPLATES:
+                caption = synth._caption(template, colour, shape, background, phrase)
+                assert synth.describe(caption) == (colour, shape, motion, background), caption
+        for template in synth.IMAGE_TEMPLATES:
+            caption = synth._caption(template, colour, shape, background)
+            assert synth.describe(caption) == (colour, shape, "", background), caption
 
 
 def test_captions_parse_into_the_phrases_mcq_asks_about():

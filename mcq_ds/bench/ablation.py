@@ -6,7 +6,9 @@ For every seed, both arms train the whole demo curriculum (`demo-1f-noun` → `d
 same shards with the same seed, so the same initial weights, the same batches in the same order and the same number
 of optimizer steps: MCQ (`--mcq-weight 1`, the paper's objective) and the dual encoder alone (`--mcq-weight 0`, the
 paper's baseline, the BridgeFormer never run). Each final model is evaluated zero-shot on the held-out test split:
-text→video R@1/5/10 and the motion probe (`mcq_ds.eval.probe`). The table gives the mean ± standard deviation over
+text→video R@1/5/10, the motion probe (`mcq_ds.eval.probe`) and which parts of the captions its ranking tells apart
+(`told_apart`: whether it tells the shapes apart, and whether its wrong first videos get colour and background right,
+beside the R@1 that colour and background alone give). The table gives the mean ± standard deviation over
 seeds of each arm and of the per-seed difference (MCQ − baseline), and the verb stage's MCQ answer accuracy over the
 last third of its steps beside its chance level. Every training and evaluation run goes to one MLflow experiment
 (run names say the arm and the seed), so the curves sit side by side; everything lands in OUT (default: beside the
@@ -25,11 +27,16 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ARMS = {"mcq": 1.0, "baseline": 0.0}  # arm name -> --mcq-weight
 DEMO_FLAGS = ("--no-hflip", "--frozen-text-layers", "4")  # launch/demo.sh's flags beside the stage presets
 STAGES = ("demo-1f-noun", "demo-4f-noun", "demo-4f-verb")
 REPORTED = (("t2v R@1", ("metrics", "t2v", "R@1")), ("t2v R@5", ("metrics", "t2v", "R@5")),
-            ("t2v R@10", ("metrics", "t2v", "R@10")), ("motion probe", ("motion_probe", "accuracy")))
+            ("t2v R@10", ("metrics", "t2v", "R@10")), ("motion probe", ("motion_probe", "accuracy")),
+            ("shape pairs told apart", ("parts", "shape_pairs")),
+            ("wrong first videos with the query's colour and background", ("parts",
+                                                                           "wrong_top1_same_colour_background")))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,15 +76,45 @@ def _train(args: argparse.Namespace, out: Path, arm: str, seed: int) -> Path:
 def _evaluate(args: argparse.Namespace, model: Path, arm: str, seed: int) -> dict:
     from ..eval import retrieval
 
-    out = model / "eval" / "ablation.json"
-    if not out.is_file():
+    out, embeddings = model / "eval" / "ablation.json", model / "eval" / "ablation-embeddings"
+    if not (out.is_file() and (embeddings / "text_ids.txt").is_file()):
         parser = argparse.ArgumentParser()
         retrieval.add_arguments(parser)
         retrieval.evaluate(parser.parse_args([str(model), str(args.shards / "msrvtt-test"), "--workers", "0",
-                                              "--quiet", "--out", str(out), "--mlflow-uri", args.mlflow_uri,
-                                              "--experiment", args.experiment, "--run-name",
-                                              f"{arm} seed{seed} eval"]))
-    return json.loads(out.read_text())
+                                              "--quiet", "--out", str(out), "--save-embeddings", str(embeddings),
+                                              "--mlflow-uri", args.mlflow_uri, "--experiment", args.experiment,
+                                              "--run-name", f"{arm} seed{seed} eval"]))
+    return {**json.loads(out.read_text()), "parts": told_apart(embeddings)}
+
+
+def told_apart(embeddings: Path) -> dict[str, float]:
+    """Which parts of the held-out captions a model's text→video ranking tells apart, from the test set's saved
+    embeddings (one caption per video, query i for video i; captions in the demo's wording, `synth.describe`).
+
+    The demo's test videos differ in colour, shape, motion and background. `colour_background_r1` is the R@1 that a
+    ranking which tells only colour and background apart gets in expectation (ties ordered at random): the mean over
+    queries of 1 / the number of test videos sharing the query's colour and background. `wrong_top1_same_colour_
+    background` is the share of wrongly retrieved first videos that have the query's colour and background, and
+    `shape_pairs` the share of (query, video of the same colour and background but another shape) pairs in which the
+    query's own video scores higher (ties count half; 50 tells shapes apart no better than chance)."""
+    from mcq_shards.synth import describe
+
+    text, video = np.load(embeddings / "text_embeddings.npy"), np.load(embeddings / "video_embeddings.npy")
+    if len(text) != len(video):
+        raise ValueError(f"{embeddings}: {len(text)} queries for {len(video)} videos; expected one caption per video")
+    parts = [describe(c) for c in (embeddings / "text_ids.txt").read_text().splitlines()]
+    colour, shape, background = (np.array([getattr(p, name) for p in parts]) for name in ("colour", "shape",
+                                                                                           "background"))
+    same = (colour[:, None] == colour[None]) & (background[:, None] == background[None])
+    scores = text @ video.T
+    own = np.diag(scores)[:, None]
+    first = scores.argmax(1)
+    wrong = np.flatnonzero((scores > own).any(1))
+    pairs = same & (shape[:, None] != shape[None])
+    return {"colour_background_r1": float(100 * np.mean(1 / same.sum(1))),
+            "wrong_top1_same_colour_background": float(100 * same[wrong, first[wrong]].mean()) if len(wrong) else 0.0,
+            "shape_pairs": float(100 * ((own > scores) + 0.5 * (own == scores))[pairs].mean()) if pairs.any()
+            else float("nan")}
 
 
 def _late_answer_accuracy(run: Path) -> dict[str, float]:
@@ -117,7 +154,9 @@ def table(results: dict[str, dict[int, dict]]) -> str:
         rows.append(f"\nMotion probe chance: {chance:.1f}%; text→video R@1/5/10 chance: "
                     f"{100 / results['mcq'][seeds[0]]['protocol']['videos']:.0f}/"
                     f"{500 / results['mcq'][seeds[0]]['protocol']['videos']:.0f}/"
-                    f"{1000 / results['mcq'][seeds[0]]['protocol']['videos']:.0f}%.")
+                    f"{1000 / results['mcq'][seeds[0]]['protocol']['videos']:.0f}%; shape pairs chance: 50%; "
+                    f"R@1 of a ranking that tells only colour and background apart: "
+                    f"{results['mcq'][seeds[0]]['parts']['colour_background_r1']:.1f}%.")
     return "\n".join(rows)
 
 
