@@ -310,8 +310,8 @@ def describe(caption: str) -> Described:
     colour = next((c for c in COLOURS if c in words), "")
     shape = next((s for s in SHAPES if s in words), "")
     motion = next((m for m, phrase in MOTIONS.items() if phrase in caption), "")
-    background = next((b for b, (modifier, noun) in BACKGROUNDS.items()
-                       if f"{modifier} background" in caption or caption.endswith((f"against {noun}", f" on {noun}"))), "")
+    background = next((b for b, (modifier, noun) in BACKGROUNDS.items() if f"{modifier} background" in caption
+                       or caption.endswith((f"against {noun}", f" on {noun}"))), "")
     return Described(colour, shape, motion, background)
 
 

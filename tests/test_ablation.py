@@ -103,6 +103,12 @@ def test_told_apart_separates_what_a_ranking_knows(tmp_path):
     assert confused["shape_pairs"] == pytest.approx(100 * 4.5 / 6)
 
 
+def test_told_apart_names_a_caption_not_in_the_demo_words(tmp_path):
+    folder = _saved(tmp_path, ["a man is cooking"], [[1.0]], [[1.0]])
+    with pytest.raises(ValueError, match="'a man is cooking' does not name a colour, shape and background"):
+        ablation.told_apart(folder)
+
+
 def test_missing_shards_are_named(tmp_path, capsys):
     assert main(["ablation", str(tmp_path)]) == 2
     assert "lacks cc3m, webvid, msrvtt-test" in capsys.readouterr().err

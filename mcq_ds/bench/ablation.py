@@ -102,7 +102,12 @@ def told_apart(embeddings: Path) -> dict[str, float]:
     text, video = np.load(embeddings / "text_embeddings.npy"), np.load(embeddings / "video_embeddings.npy")
     if len(text) != len(video):
         raise ValueError(f"{embeddings}: {len(text)} queries for {len(video)} videos; expected one caption per video")
-    parts = [describe(c) for c in (embeddings / "text_ids.txt").read_text().splitlines()]
+    captions = (embeddings / "text_ids.txt").read_text().splitlines()
+    parts = [describe(c) for c in captions]
+    unnamed = next((c for c, p in zip(captions, parts) if not (p.colour and p.shape and p.background)), None)
+    if unnamed is not None:
+        raise ValueError(f"{embeddings / 'text_ids.txt'}: {unnamed!r} does not name a colour, shape and background "
+                         "in the demo's words; give the shards of launch/demo.sh (mcq-shards synth)")
     colour, shape, background = (np.array([getattr(p, name) for p in parts]) for name in ("colour", "shape",
                                                                                            "background"))
     same = (colour[:, None] == colour[None]) & (background[:, None] == background[None])
