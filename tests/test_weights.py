@@ -79,8 +79,10 @@ def test_pickled_code_in_a_checkpoint_is_never_run(tmp_path):
     assert not marker.exists()
 
 
-def test_model_folder_round_trip(tmp_path):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_model_folder_round_trip(tmp_path, pooling):
     cfg = tiny_config()
+    cfg.text.pooling = pooling  # an export once forgot a mean-pooled text tower's pooling
     model = MCQ(cfg).eval()
     from mcq_ds.model import load_tokenizer
     folder = save_pretrained(model, load_tokenizer(cfg.text), tmp_path / "export")
@@ -91,6 +93,7 @@ def test_model_folder_round_trip(tmp_path):
     for a, b in zip(loaded(video, text, question, answer), model(video, text, question, answer)):
         assert torch.equal(a, b)
     assert tokenizer("a man is riding a horse")["input_ids"] == [101, 1037, 2158, 2003, 5559, 1037, 3586, 102]
+    assert loaded.cfg.text.pooling == pooling
     retrieval, _ = load_pretrained(folder, bridge=False)
     assert not hasattr(retrieval, "bridge_model")
     assert torch.equal(retrieval.eval().encode_text(text), model.encode_text(text))

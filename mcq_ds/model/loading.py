@@ -7,6 +7,7 @@ error that names the keys (the original's `strict=False` silently gave half-rand
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -204,8 +205,10 @@ def save_pretrained(model: MCQ | CLIPMCQ, tokenizer: PreTrainedTokenizerBase, fo
     cfg = type(model.cfg).from_dict(model.cfg.to_dict())
     if isinstance(model, MCQ):
         encoder = model.text_model.encoder.config
-        cfg.text = TextConfig(arch={k: getattr(encoder, k) for k in _DISTILBERT_FIELDS}, tokenizer="tokenizer",
-                              max_length=cfg.text.max_length)
+        # the weights now live in model.safetensors: the encoder is rebuilt from its architecture, every other
+        # text setting (length, pooling) stays as trained
+        cfg.text = dataclasses.replace(cfg.text, pretrained=None, tokenizer="tokenizer",
+                                       arch={k: getattr(encoder, k) for k in _DISTILBERT_FIELDS})
     else:
         cfg.text.tokenizer = "tokenizer"
     tokenizer.save_pretrained(folder / "tokenizer")
