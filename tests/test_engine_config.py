@@ -64,6 +64,23 @@ def test_frozen_text_layers_leave_the_optimizer(family):
         model.text_model.freeze_lower(9)
 
 
+@pytest.mark.parametrize("family", ["tiny", "clip-tiny"])
+def test_frozen_video_blocks_leave_the_optimizer(family):
+    from mcq_ds.model import create_model, preset
+
+    model = create_model(preset(family))
+    model.video_model.freeze_lower(2)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("video_model.") for n in frozen)
+    assert any(".blocks.1." in n for n in frozen) and not any(".blocks.2." in n for n in frozen)
+    assert len([n for n in frozen if ".blocks." not in n]) >= 3  # the patch projection and both tables
+    rest, _ = param_groups(model, parse("--stage", "4f-noun", "--data", "webvid=/s", "--text-lr", "1e-6"))
+    assert all(p.requires_grad for p in rest["params"])
+    assert parse("--stage", "4f-noun", "--data", "webvid=/s", "--frozen-video-blocks", "2").frozen_video_blocks == 2
+    with pytest.raises(ValueError, match="cannot freeze 9 video blocks: the video tower has 4"):
+        model.video_model.freeze_lower(9)
+
+
 def test_config_layers_stage_then_file_then_flags(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"lr": 0.5, "workers": 7}))
     cfg = parse("--stage", "4f-verb", "--data", "webvid=/s", "--config", str(tmp_path / "c.json"), "--workers", "3")

@@ -74,6 +74,8 @@ class TrainConfig:
                                  "train every part at --lr)")
     frozen_text_layers: int | None = _opt(None, "keep the text tower's embeddings and first N layers fixed (default: "
                                           "the stage's; 0, everything trains, in the paper's stages)")
+    frozen_video_blocks: int | None = _opt(None, "keep the video tower's patch projection, [CLS] and position tables "
+                                           "and first N blocks fixed (default: the stage's; 0 in the paper's stages)")
     epochs: int | None = _opt(None, "epochs, each one pass over the smallest source (default: the stage's)")
     milestones: list[int] | None = _opt(None, "epochs after which lr ×= 0.1 (default: the stage's)")
     schedule: str | None = _opt(None, "step: the original's ×0.1 at each milestone; cosine: linear warm-up, then "
@@ -138,7 +140,8 @@ class TrainConfig:
                             ("temperature", stage.temperature), ("adam_eps", 1e-6 * stage.paper_ranks),
                             ("schedule", stage.schedule), ("warmup_steps", stage.warmup_steps),
                             ("epoch_samples", stage.epoch_samples), ("patience", stage.patience),
-                            ("text_lr", stage.text_lr), ("frozen_text_layers", stage.frozen_text_layers)):
+                            ("text_lr", stage.text_lr), ("frozen_text_layers", stage.frozen_text_layers),
+                            ("frozen_video_blocks", stage.frozen_video_blocks)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.mcq_weight < 0:

@@ -34,6 +34,7 @@ class Stage:
     warmup_steps: int = 0
     text_lr: float | None = None  # the text tower's own learning rate (None: `lr`, as in the paper)
     frozen_text_layers: int = 0  # the text tower's embeddings and first N layers stay fixed (0: all train)
+    frozen_video_blocks: int = 0  # the video tower's patch projection, tables and first N blocks stay fixed
     # GPUs of the original run. Its data-parallel averaging fed AdamW (1/paper_ranks)·∇L, and Adam with (g/W, ε) takes
     # exactly the step of (g, W·ε), so the engine's default ε for the exact ∇L is 1e-6 × paper_ranks.
     paper_ranks: int = 1

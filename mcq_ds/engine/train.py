@@ -54,6 +54,7 @@ def build_model(cfg: TrainConfig):
         raise ValueError(f"stage {cfg.stage} uses {cfg.frames} frames; the model in {cfg.init} takes at most "
                          f"{model.cfg.video.num_frames}")
     model.text_model.freeze_lower(cfg.frozen_text_layers)
+    model.video_model.freeze_lower(cfg.frozen_video_blocks)
     return model, tokenizer
 
 
@@ -490,7 +491,7 @@ def _export(engine, ckpt_dir, step, current, model_cfg, tokenizer, out, rank) ->
     import deepspeed
 
     folder = out / "model"
-    # Parameters a stage keeps fixed (--frozen-text-layers) are outside the optimizer, and ZeRO 1-2 checkpoints hold
+    # Parameters a stage keeps fixed (--frozen-text-layers, --frozen-video-blocks) are outside the optimizer, and ZeRO 1-2 checkpoints hold
     # no fp32 copy of them; they never change, so they come from the model itself (gathered on every rank at ZeRO-3).
     frozen = [(n, p) for n, p in engine.module.named_parameters() if not p.requires_grad]
     with deepspeed.zero.GatheredParameters([p for _, p in frozen], enabled=engine.zero_optimization_stage() == 3):

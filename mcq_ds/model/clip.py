@@ -83,6 +83,16 @@ class CLIPVideoFormer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(torch.zeros(width, embed_dim))
 
+    def freeze_lower(self, blocks: int) -> None:
+        """Keeps the patch projection, the class and position embeddings, ln_pre and the first `blocks` blocks as
+        they are; 0 freezes nothing."""
+        check_frozen_layers(blocks, len(self.blocks), "video")
+        if blocks:
+            for module in (self.conv1, self.ln_pre, *self.blocks[:blocks]):
+                module.requires_grad_(False)
+            self.class_embedding.requires_grad_(False)
+            self.positional_embedding.requires_grad_(False)
+
     def forward(self, video: torch.Tensor, keep_block_inputs: bool = False
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """video: (B, F, 3, H, W), normalised with CLIP's statistics. Returns the (B, embed_dim) video embedding and,

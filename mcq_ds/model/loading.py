@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import torch
-from timm.layers import resample_abs_pos_embed
 from transformers import PreTrainedTokenizerBase
 
 from ..config import MCQConfig, TextConfig, VideoConfig, model_config_from_dict
@@ -21,44 +20,8 @@ from .clip import CLIPMCQ
 from .mcq import MCQ
 from .presets import create_model, create_tokenizer
 from .text_former import load_tokenizer
-from .video_former import VideoFormer
+from .vit_init import load_timm_vit  # noqa: F401  (re-exported: mcq_ds.model.load_timm_vit)
 from .weights_io import read_state_dict, save_safetensors_atomic
-
-# ---------------------------------------------------------------------------------------------------------------
-# The VideoFormer from a timm ViT weight file (ImageNet-21k ViT-B/16 in the original; its final norm is not loaded)
-
-_TIMM_BLOCK_PARAMS = re.compile(r"blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)")
-_TIMM_DROPPED = ("norm.", "fc_norm.", "head.", "pre_logits.")  # the classifier side; MCQ keeps its own final norm
-
-
-def load_timm_vit(video: VideoFormer, path: str | Path) -> None:
-    """Copies a timm `vit_base_patch16_224`-layout state dict into the VideoFormer's ViT weights.
-
-    The final norm and classifier are not loaded, as in the original; the position table is resampled when the
-    file was trained at another resolution.
-    """
-    state = {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
-    keep, unknown = {}, []
-    for key, value in state.items():
-        if key in ("cls_token", "pos_embed") or key.startswith("patch_embed.proj.") or _TIMM_BLOCK_PARAMS.fullmatch(key):
-            keep[key] = value
-        elif not key.startswith(_TIMM_DROPPED):
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"{path}: keys that are not part of a plain ViT: {unknown[:10]}")
-    target = video.pos_embed.shape[1] - 1
-    if keep["pos_embed"].shape[1] - 1 != target:
-        side = int(target ** 0.5)
-        keep["pos_embed"] = resample_abs_pos_embed(keep["pos_embed"], (side, side), num_prefix_tokens=1)
-    current = video.state_dict()
-    expected = {k for k in current if not k.startswith(("norm.", "temporal_embed"))
-                and ".norm3." not in k and ".timeattn." not in k}
-    missing = sorted(expected - set(keep))
-    if missing:
-        raise ValueError(f"{path}: ViT weights missing: {missing[:10]}")
-    # the rest (final norm, temporal parts) keeps its fresh init on purpose
-    video.load_state_dict({**current, **keep}, strict=True)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The original MCQ checkpoints (MCQ.pth, MCQ_1frame.pth: `state_dict` with `module.` prefixes), and the released
@@ -204,6 +167,7 @@ def save_pretrained(model: MCQ | CLIPMCQ, tokenizer: PreTrainedTokenizerBase, fo
     folder.mkdir(parents=True, exist_ok=True)
     cfg = type(model.cfg).from_dict(model.cfg.to_dict())
     if isinstance(model, MCQ):
+        cfg.video.pretrained = None
         encoder = model.text_model.encoder.config
         # the weights now live in model.safetensors: the encoder is rebuilt from its architecture, every other
         # text setting (length, pooling) stays as trained

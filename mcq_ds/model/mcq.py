@@ -19,6 +19,7 @@ from ..data.batch import Tokens
 from .bridge_former import BridgeFormer
 from .text_former import TextFormer, build_text_encoder
 from .video_former import VideoFormer, init_linear_and_norm
+from .vit_init import load_timm_vit
 
 
 class Embeddings(NamedTuple):
@@ -85,6 +86,8 @@ class MCQ(ThreeFormer):
         self.text_model = TextFormer(build_text_encoder(cfg.text))
         self.video_model = VideoFormer(cfg.video)
         self.video_model.init_weights()
+        if cfg.video.pretrained:
+            load_timm_vit(self.video_model, cfg.video.pretrained)
         if cfg.bridge:
             self.bridge_model = BridgeFormer(cfg.video, question_dim=self.text_model.width)
             self.bridge_model.apply(init_linear_and_norm)

@@ -51,9 +51,10 @@ class TextFormer(nn.Module):
         return out.last_hidden_state, out.hidden_states
 
 
-def check_frozen_layers(layers: int, total: int) -> None:
+def check_frozen_layers(layers: int, total: int, tower: str = "text") -> None:
     if not 0 <= layers <= total:
-        raise ValueError(f"cannot freeze {layers} text layers: the text tower has {total}")
+        unit = "layers" if tower == "text" else "blocks"
+        raise ValueError(f"cannot freeze {layers} {tower} {unit}: the {tower} tower has {total}")
 
 
 def build_text_encoder(cfg: TextConfig) -> DistilBertModel:

@@ -13,6 +13,7 @@ from torch import nn
 from ..config import VideoConfig
 from .attention import FactorisedAttention
 from .checkpointing import maybe_checkpoint
+from .text_former import check_frozen_layers
 
 
 def _position_major(patches: torch.Tensor, frames: int) -> torch.Tensor:
@@ -93,6 +94,16 @@ class VideoFormer(nn.Module):
                 nn.init.zeros_(block.timeattn.qkv.bias)
                 nn.init.ones_(block.timeattn.proj.weight)
                 nn.init.zeros_(block.timeattn.proj.bias)
+
+    def freeze_lower(self, blocks: int) -> None:
+        """Keeps the patch projection, the [CLS] and position tables and the first `blocks` blocks as they are (no
+        gradient); 0 freezes nothing."""
+        check_frozen_layers(blocks, len(self.blocks), "video")
+        if blocks:
+            for module in (self.patch_embed, *self.blocks[:blocks]):
+                module.requires_grad_(False)
+            self.cls_token.requires_grad_(False)
+            self.pos_embed.requires_grad_(False)
 
     def embed(self, video: torch.Tensor) -> torch.Tensor:
         """Patch tokens + tiled spatial positions (+ temporal positions when enabled), with [CLS] in front."""
