@@ -195,11 +195,17 @@ def test_attention_layouts_match_the_written_out_spec(frames):
     assert torch.allclose(block(stream, patches, question, mask.bool(), frames), expected, atol=1e-5)
 
 
-def test_one_frame_videoformer_is_the_timm_vit_it_was_initialised_from(tmp_path):
-    cfg = tiny_config(frames=4)
+def saved_timm_vit(path) -> torch.nn.Module:
+    """A 4-block timm ViT of the tiny VideoFormer's width, its weights saved to `path`."""
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=16, embed_dim=64,
                             depth=4, num_heads=4, num_classes=0).eval()
-    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    torch.save(vit.state_dict(), path)
+    return vit
+
+
+def test_one_frame_videoformer_is_the_timm_vit_it_was_initialised_from(tmp_path):
+    cfg = tiny_config(frames=4)
+    vit = saved_timm_vit(tmp_path / "vit.pth")
     model = MCQ(cfg).eval()
     load_timm_vit(model.video_model, tmp_path / "vit.pth")
     image = torch.randn(2, 3, 32, 32)

