@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 ARMS = {"mcq": 1.0, "baseline": 0.0}  # arm name -> --mcq-weight
-DEMO_FLAGS = ("--no-hflip", "--frozen-text-layers", "4", "--frozen-video-blocks", "4")  # launch/demo.sh's flags beside the stage presets
+# launch/demo.sh's flags beside the stage presets
+DEMO_FLAGS = ("--no-hflip", "--frozen-text-layers", "4", "--frozen-video-blocks", "4")
 STAGES = ("demo-1f-noun", "demo-4f-noun", "demo-4f-verb")
 REPORTED = (("t2v R@1", ("metrics", "t2v", "R@1")), ("t2v R@5", ("metrics", "t2v", "R@5")),
             ("t2v R@10", ("metrics", "t2v", "R@10")), ("motion probe", ("motion_probe", "accuracy")),

@@ -491,8 +491,9 @@ def _export(engine, ckpt_dir, step, current, model_cfg, tokenizer, out, rank) ->
     import deepspeed
 
     folder = out / "model"
-    # Parameters a stage keeps fixed (--frozen-text-layers, --frozen-video-blocks) are outside the optimizer, and ZeRO 1-2 checkpoints hold
-    # no fp32 copy of them; they never change, so they come from the model itself (gathered on every rank at ZeRO-3).
+    # Parameters a stage keeps fixed (--frozen-text-layers, --frozen-video-blocks) are outside the optimizer, and ZeRO
+    # 1-2 checkpoints hold no fp32 copy of them; they never change, so they come from the model itself (gathered on
+    # every rank at ZeRO-3).
     frozen = [(n, p) for n, p in engine.module.named_parameters() if not p.requires_grad]
     with deepspeed.zero.GatheredParameters([p for _, p in frozen], enabled=engine.zero_optimization_stage() == 3):
         fixed = {n: p.detach().float().cpu().clone() for n, p in frozen}

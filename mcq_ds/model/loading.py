@@ -20,7 +20,6 @@ from .clip import CLIPMCQ
 from .mcq import MCQ
 from .presets import create_model, create_tokenizer
 from .text_former import load_tokenizer
-from .vit_init import load_timm_vit  # noqa: F401  (re-exported: mcq_ds.model.load_timm_vit)
 from .weights_io import read_state_dict, save_safetensors_atomic
 
 # ---------------------------------------------------------------------------------------------------------------

